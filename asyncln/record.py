@@ -1,0 +1,133 @@
+"""The trampoline record that rides in the holding node's final-hop onion payload.
+
+The payer puts it next to the ordinary ``amt_to_forward`` (2) and
+``outgoing_cltv_value`` (4) fields of the payload addressed to the holding
+node. docs/PROTOCOL.md describes every field and why each type is odd or even.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .wire import (DecodeError, decode_bigsize, decode_tlv_stream, decode_tu,
+                   encode_bigsize, encode_tlv_stream, encode_tu)
+
+RECORD_TYPE = 66101
+RECORD_VERSION = 1
+
+AMT_TO_FORWARD = 2
+OUTGOING_CLTV_VALUE = 4
+
+# Inner TLV types of the record.
+PLEASE_POLL = 1
+NEXT_NODE_ID = 0
+AMOUNT_MSAT = 2
+FINAL_CLTV_DELTA = 4
+PAYMENT_SECRET = 6
+TOTAL_MSAT = 8
+MAX_HOLD_BLOCKS = 10
+_KNOWN_EVEN = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET,
+               TOTAL_MSAT, MAX_HOLD_BLOCKS)
+_REQUIRED = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET)
+
+
+@dataclass(frozen=True)
+class TrampolineRecord:
+    """What the payer asks the holding node to do with its HTLC."""
+
+    next_node: str            # hex compressed pubkey of the recipient
+    amount_msat: int          # what the recipient must receive
+    final_cltv_delta: int     # recipient's min_final_cltv_expiry_delta
+    payment_secret: str       # hex, from the recipient's invoice
+    total_msat: int           # invoice total (equals amount_msat without MPP)
+    please_poll: bool         # hold and re-try while the recipient is offline
+    max_hold_blocks: Optional[int] = None  # payer's own cap on the hold
+
+    def encode(self) -> bytes:
+        inner = {
+            NEXT_NODE_ID: bytes.fromhex(self.next_node),
+            AMOUNT_MSAT: encode_tu(self.amount_msat),
+            FINAL_CLTV_DELTA: encode_tu(self.final_cltv_delta),
+            PAYMENT_SECRET: bytes.fromhex(self.payment_secret),
+            TOTAL_MSAT: encode_tu(self.total_msat),
+        }
+        if self.please_poll:
+            inner[PLEASE_POLL] = b""
+        if self.max_hold_blocks is not None:
+            inner[MAX_HOLD_BLOCKS] = encode_tu(self.max_hold_blocks)
+        return bytes([RECORD_VERSION]) + encode_tlv_stream(inner)
+
+    @classmethod
+    def decode(cls, value: bytes) -> "TrampolineRecord":
+        if not value:
+            raise DecodeError("empty asyncln record", RECORD_TYPE)
+        if value[0] != RECORD_VERSION:
+            raise DecodeError(f"unknown asyncln record version {value[0]}", RECORD_TYPE)
+        fields = decode_tlv_stream(value[1:], _KNOWN_EVEN).records
+        for required in _REQUIRED:
+            if required not in fields:
+                raise DecodeError(f"asyncln record lacks field {required}", RECORD_TYPE)
+        node = fields[NEXT_NODE_ID]
+        if len(node) != 33 or node[0] not in (2, 3):
+            raise DecodeError("next_node_id is not a compressed public key", RECORD_TYPE)
+        if len(fields[PAYMENT_SECRET]) != 32:
+            raise DecodeError("payment_secret must be 32 bytes", RECORD_TYPE)
+        if fields.get(PLEASE_POLL, b""):
+            raise DecodeError("please_poll carries no value", RECORD_TYPE)
+        amount = decode_tu(fields[AMOUNT_MSAT], 8, RECORD_TYPE)
+        total = decode_tu(fields[TOTAL_MSAT], 8, RECORD_TYPE) if TOTAL_MSAT in fields else amount
+        if amount == 0 or total < amount:
+            raise DecodeError("amount is zero or exceeds total_msat", RECORD_TYPE)
+        max_hold = fields.get(MAX_HOLD_BLOCKS)
+        return cls(
+            next_node=node.hex(),
+            amount_msat=amount,
+            final_cltv_delta=decode_tu(fields[FINAL_CLTV_DELTA], 4, RECORD_TYPE),
+            payment_secret=fields[PAYMENT_SECRET].hex(),
+            total_msat=total,
+            please_poll=PLEASE_POLL in fields,
+            max_hold_blocks=None if max_hold is None else decode_tu(max_hold, 4, RECORD_TYPE),
+        )
+
+
+@dataclass(frozen=True)
+class FinalPayload:
+    """The holding node's whole final-hop payload, as the payer builds it."""
+
+    amt_to_forward: int       # what the holding node must receive
+    outgoing_cltv_value: int  # the incoming HTLC's expected cltv_expiry
+    record: TrampolineRecord
+
+    def encode(self) -> bytes:
+        """Length-prefixed, as ``createonion`` wants each hop's payload."""
+        stream = encode_tlv_stream({
+            AMT_TO_FORWARD: encode_tu(self.amt_to_forward),
+            OUTGOING_CLTV_VALUE: encode_tu(self.outgoing_cltv_value),
+            RECORD_TYPE: self.record.encode(),
+        })
+        return encode_bigsize(len(stream)) + stream
+
+
+def find_record(prefixed_payload: bytes) -> Optional[Tuple[int, bytes]]:
+    """Return (offset in the TLV stream, raw record value), or None without one.
+
+    ``prefixed_payload`` is the hook's ``onion.payload``: a BigSize length
+    followed by the TLV stream. Ordinary payments never carry the record, so
+    this is the pass-through fast path and it only walks the TLV headers.
+    """
+    length, offset = decode_bigsize(prefixed_payload, 0)
+    if offset + length != len(prefixed_payload):
+        raise DecodeError("payload length prefix does not match", 0, 0)
+    end = len(prefixed_payload)
+    stream_start = offset
+    while offset < end:
+        start = offset - stream_start
+        tlv_type, offset = decode_bigsize(prefixed_payload, offset)
+        value_len, offset = decode_bigsize(prefixed_payload, offset)
+        if tlv_type == RECORD_TYPE:
+            if offset + value_len > end:
+                raise DecodeError("truncated asyncln record", RECORD_TYPE, start)
+            return start, prefixed_payload[offset:offset + value_len]
+        if tlv_type > RECORD_TYPE:
+            return None
+        offset += value_len
+    return None

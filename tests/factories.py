@@ -1,0 +1,32 @@
+"""Shared builders for tests: valid records, incoming HTLCs and payloads."""
+
+import hashlib
+
+from asyncln.hold import Incoming
+from asyncln.record import FinalPayload, TrampolineRecord
+
+PAYER = "02" + "aa" * 32
+RECIPIENT = "03" + "bb" * 32
+PREIMAGE = "11" * 32
+PAYMENT_HASH = hashlib.sha256(bytes.fromhex(PREIMAGE)).hexdigest()
+
+
+def record(amount=100_000, final_cltv=18, please_poll=True, max_hold=None, node=RECIPIENT):
+    return TrampolineRecord(next_node=node, amount_msat=amount, final_cltv_delta=final_cltv,
+                            payment_secret="22" * 32, total_msat=amount,
+                            please_poll=please_poll, max_hold_blocks=max_hold)
+
+
+def incoming(amount=110_000, cltv_expiry=1500, htlc_id=0, channel="103x1x0"):
+    return Incoming(channel=channel, htlc_id=htlc_id, amount_msat=amount, cltv_expiry=cltv_expiry)
+
+
+def payload(rec, amount=110_000, cltv_expiry=1500) -> bytes:
+    return FinalPayload(amount, cltv_expiry, rec).encode()
+
+
+def direct_route(rec, delay=None):
+    """A one-hop sendpay route straight to the recipient."""
+    return [{"id": rec.next_node, "channel": "105x1x0", "direction": 0,
+             "amount_msat": rec.amount_msat,
+             "delay": rec.final_cltv_delta if delay is None else delay}]

@@ -1,0 +1,39 @@
+"""Building blocks for the integration scenarios."""
+
+import hashlib
+
+from pyln.testing.utils import wait_for
+
+HOLD_OPTS = {"asyncln-poll-blocks": 6, "asyncln-safety-blocks": 6,
+             "asyncln-max-hold-blocks": 30, "may_reconnect": True}
+
+
+def opts(plugin_path, **extra):
+    return dict(HOLD_OPTS, plugin=plugin_path, **extra)
+
+
+def call(node, method, **params):
+    return node.rpc.call(method, params)
+
+
+def wait_for_terms(payer, trampoline):
+    wait_for(lambda: any(t["id"] == trampoline.info["id"]
+                         for t in call(payer, "asyncln-getinfo")["trampolines"]))
+
+
+def pay_status(node, payment_hash):
+    return call(node, "asyncln-listpays", payment_hash=payment_hash)["pays"][0]
+
+
+def held(node, payment_hash):
+    found = call(node, "asyncln-listheld", payment_hash=payment_hash)["held"]
+    return found[0] if found else None
+
+
+def wait_status(node, payment_hash, status):
+    wait_for(lambda: pay_status(node, payment_hash)["status"] == status)
+    return pay_status(node, payment_hash)
+
+
+def assert_proof_of_payment(pay):
+    assert hashlib.sha256(bytes.fromhex(pay["payment_preimage"])).hexdigest() == pay["payment_hash"]

@@ -1,0 +1,135 @@
+"""Wire primitives, the onion record, custom messages and failure encodings."""
+
+import pytest
+
+from asyncln import failures, messages
+from asyncln.record import RECORD_TYPE, FinalPayload, TrampolineRecord, find_record
+from asyncln.wire import (DecodeError, decode_bigsize, decode_tlv_stream, decode_tu,
+                          encode_bigsize, encode_tlv_stream, encode_tu)
+from factories import PAYMENT_HASH, record
+
+
+@pytest.mark.parametrize("value,encoded", [
+    (0, "00"), (0xFC, "fc"), (0xFD, "fd00fd"), (0xFFFF, "fdffff"),
+    (0x10000, "fe00010000"), (0xFFFFFFFF, "feffffffff"),
+    (0x100000000, "ff0000000100000000"),
+])
+def test_bigsize_matches_bolt1_vectors(value, encoded):
+    assert encode_bigsize(value).hex() == encoded
+    assert decode_bigsize(bytes.fromhex(encoded)) == (value, len(encoded) // 2)
+
+
+@pytest.mark.parametrize("bad", ["fd00fc", "fe0000ffff", "ff00000000ffffffff", "fd00", "fe", ""])
+def test_bigsize_rejects_non_minimal_and_truncated(bad):
+    with pytest.raises(DecodeError):
+        decode_bigsize(bytes.fromhex(bad))
+
+
+def test_truncated_integers_are_minimal():
+    assert encode_tu(0) == b"" and encode_tu(256) == b"\x01\x00"
+    assert decode_tu(b"\x01\x00", 8) == 256
+    with pytest.raises(DecodeError):
+        decode_tu(b"\x00\x01", 8)
+    with pytest.raises(DecodeError):
+        decode_tu(b"\x01" * 9, 8)
+
+
+def test_tlv_stream_rules():
+    stream = encode_tlv_stream({1: b"a", 3: b"bc"})
+    assert decode_tlv_stream(stream).records == {1: b"a", 3: b"bc"}
+    with pytest.raises(DecodeError, match="unknown even"):
+        decode_tlv_stream(encode_tlv_stream({2: b"x"}))
+    assert decode_tlv_stream(encode_tlv_stream({2: b"x"}), known_even=[2]).records == {2: b"x"}
+    with pytest.raises(DecodeError, match="out of order"):
+        decode_tlv_stream(bytes.fromhex("0301620101 61".replace(" ", "")))
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_tlv_stream(bytes.fromhex("0105ab"))
+
+
+def test_record_roundtrip_and_payload_lookup():
+    rec = record(max_hold=30)
+    assert TrampolineRecord.decode(rec.encode()) == rec
+    no_poll = record(please_poll=False)
+    assert TrampolineRecord.decode(no_poll.encode()) == no_poll
+    payload = FinalPayload(110_000, 1500, rec).encode()
+    offset, raw = find_record(payload)
+    assert TrampolineRecord.decode(raw) == rec
+    stream = decode_tlv_stream(payload[1:], known_even=[2, 4])
+    assert stream.offsets[RECORD_TYPE] == offset
+    assert decode_tu(stream.records[2], 8) == 110_000
+
+
+def test_payload_without_record_and_cln_fact_payload():
+    # The payload lightningd showed in CLN-FACTS: amt 2, cltv 4 and odd type 65537.
+    assert find_record(bytes.fromhex("0f02020102040203e8fe000100010101")) is None
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda raw: b"", "empty"),
+    (lambda raw: b"\x02" + raw[1:], "unknown asyncln record version 2"),
+    (lambda raw: raw[:-3], "truncated"),
+    (lambda raw: raw + encode_tlv_stream({12: b"\x01"}), "unknown even"),
+    (lambda raw: raw + encode_tlv_stream({13: b"\x01"}), None),  # unknown odd: ignored
+])
+def test_record_rejects_bad_input(mutate, message):
+    raw = mutate(record().encode())
+    if message is None:
+        assert TrampolineRecord.decode(raw) == record()
+        return
+    with pytest.raises(DecodeError, match=message):
+        TrampolineRecord.decode(raw)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({0: b"\x02" + b"\x11" * 31, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 32}, "compressed public key"),
+    ({0: b"\x02" + b"\x11" * 32, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 31}, "32 bytes"),
+    ({0: b"\x02" + b"\x11" * 32, 4: b"\x12", 6: b"\x00" * 32}, "lacks field 2"),
+    ({0: b"\x02" + b"\x11" * 32, 2: b"\x05", 4: b"\x12", 6: b"\x00" * 32, 8: b"\x04"}, "exceeds total"),
+    ({0: b"\x02" + b"\x11" * 32, 1: b"\x01", 2: b"\x05", 4: b"\x12", 6: b"\x00" * 32}, "please_poll"),
+])
+def test_record_rejects_inconsistent_fields(fields, message):
+    with pytest.raises(DecodeError, match=message):
+        TrampolineRecord.decode(b"\x01" + encode_tlv_stream(fields))
+
+
+def test_messages_roundtrip():
+    samples = [
+        messages.QueryInfo(), messages.Online(),
+        messages.Info(True, 1000, 500, 6, 1008, 144, 10**9),
+        messages.Info(False, 0, 0, 1, 1, 1, 0),
+        messages.PaymentStatus(PAYMENT_HASH, "held", 700, 606, 2, "peer offline"),
+        messages.PaymentStatus(PAYMENT_HASH, "failed", 700, 606, 2, ""),
+    ]
+    for msg in samples:
+        assert messages.decode(messages.encode(msg)) == msg
+
+
+def test_status_reason_is_clipped_on_a_character_boundary():
+    msg = messages.PaymentStatus(PAYMENT_HASH, "held", 1, 1, 1, "é" * 300)
+    assert messages.decode(messages.encode(msg)).reason == "é" * 200
+
+
+@pytest.mark.parametrize("payload,message", [
+    ("ae", "shorter than its type"),
+    ("zz", "not hex"),
+    ("ae9d", "unsupported message version none"),
+    ("ae9d000102", "unsupported message version 02"),
+    ("ae9f000101", "lacks fields"),
+    ("aea1000101" + "02" + "1f" + "00" * 31, "lacks fields"),
+])
+def test_messages_reject_bad_input(payload, message):
+    with pytest.raises(DecodeError, match=message):
+        messages.decode(payload)
+
+
+def test_foreign_message_types_are_not_ours():
+    assert messages.decode("8001" + "00") is None
+
+
+def test_failure_encodings():
+    assert failures.temporary_node_failure() == "2002"
+    assert failures.invalid_onion_payload(66101, 12) == "4016" + "fe00010235" + "000c"
+    assert failures.final_incorrect_cltv_expiry(500) == "0012000001f4"
+    assert failures.final_incorrect_htlc_amount(5) == "00130000000000000005"
+    assert failures.trampoline_fee_insufficient() == "2033"
+    assert failures.trampoline_expiry_too_soon() == "2034"
