@@ -364,7 +364,7 @@ def on_sendpay_failure(plugin, **kwargs):
     with LOCK:
         NODE.run(NODE.relay.attempt_failed(payment_hash, message))
         pay = NODE.pays.get(payment_hash)
-        updated = pay and payer.on_failure(pay, data.get("failcode"), data.get("erring_node"), message)
+        updated = pay and payer.on_failure(pay, data.get("failcode"), data.get("erring_index"), message)
         if updated:
             NODE.save_pay(updated)
 
@@ -414,7 +414,8 @@ def asyncln_pay(plugin, invstring, trampoline=None, maxfee_msat=None, max_hold_b
                         destination=invoice.destination, trampoline=trampoline,
                         amount_msat=invoice.amount_msat,
                         amount_sent_msat=first_hop["amount_msat"], cltv_expiry=cltv_expiry,
-                        max_hold_blocks=hold_for, created_at=int(time.time()))
+                        max_hold_blocks=hold_for, created_at=int(time.time()),
+                        trampoline_index=len(hops))
         NODE.save_pay(pay)
         try:
             NODE.rpc.call("sendonion", {

@@ -29,9 +29,10 @@ COMPLETE = "complete"
 FAILED = "failed"
 TERMINAL = (COMPLETE, FAILED)
 
-# lightningd may have processed a block whose notification we have not seen
-# yet; outgoing CLTV checks assume the chain is one block further along.
-HEIGHT_SLACK = 1
+# lightningd sets an outgoing HTLC's expiry from (its block height + 1), and
+# it may have processed a block whose notification we have not seen yet: our
+# CLTV checks assume the expiry base is two blocks above our height.
+HEIGHT_SLACK = 2
 
 
 @dataclass(frozen=True)
@@ -289,8 +290,7 @@ class Relay:
         problem = self._route_problem(held, route)
         if problem is not None:
             return self._attempt_failed(held, problem)
-        held = self._update(held, state=FORWARDING, attempts=held.attempts + 1,
-                            last_error=None)
+        held = self._update(held, state=FORWARDING, last_error=None)
         return [Persist(held),
                 SendPay(payment_hash, tuple(route), held.record.payment_secret,
                         held.record.total_msat)]
@@ -375,6 +375,7 @@ class Relay:
     def _try(self, held: HeldPayment) -> List[Action]:
         if not self._may_start(held):
             return []
+        held = self._update(held, attempts=held.attempts + 1)
         record = held.record
         budget = held.incoming.amount_msat - record.amount_msat - self.policy.fee(record.amount_msat)
         return [FindRoute(held.payment_hash, record.next_node, record.amount_msat,

@@ -49,6 +49,7 @@ class Pay:
     cltv_expiry: int
     max_hold_blocks: int
     created_at: int
+    trampoline_index: int  # erring_index lightningd reports for the holding node (we are 0)
     status: str = PENDING
     give_up_height: Optional[int] = None
     next_poll_height: Optional[int] = None
@@ -112,10 +113,12 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
     """Build ``createonion`` hops and the ``sendonion`` first hop.
 
     ``path`` is one ``getroutes`` route to the holding node (v26.06 fields).
-    Returns (hops, first_hop, cltv_expiry at the holding node).
+    Returns (hops, first_hop, cltv_expiry at the holding node). lightningd
+    bases ``first_hop.delay`` on its block height + 1, and so do we.
     """
+    base = height + 1
     trampoline_hop = path[-1]
-    cltv_expiry = height + trampoline_hop["cltv_out"]
+    cltv_expiry = base + trampoline_hop["cltv_out"]
     record = TrampolineRecord(
         next_node=invoice.destination, amount_msat=invoice.amount_msat,
         final_cltv_delta=invoice.min_final_cltv_expiry,
@@ -124,7 +127,7 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
     hops = []
     for hop, onward in zip(path, path[1:]):
         hops.append({"pubkey": hop["node_id_out"],
-                     "payload": _forward_payload(onward, height).hex()})
+                     "payload": _forward_payload(onward, base).hex()})
     final = FinalPayload(amt_to_forward=trampoline_hop["amount_out_msat"],
                          outgoing_cltv_value=cltv_expiry, record=record)
     hops.append({"pubkey": trampoline_hop["node_id_out"], "payload": final.encode().hex()})
@@ -133,12 +136,12 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
     return hops, first_hop, cltv_expiry
 
 
-def _forward_payload(onward: dict, height: int) -> bytes:
+def _forward_payload(onward: dict, base: int) -> bytes:
     """A BOLT 4 forwarding payload telling a hop to use ``onward``'s channel."""
     block, tx, out = (int(part) for part in onward["short_channel_id_dir"].split("/")[0].split("x"))
     stream = encode_tlv_stream({
         2: encode_tu(onward["amount_out_msat"]),
-        4: encode_tu(height + onward["cltv_out"]),
+        4: encode_tu(base + onward["cltv_out"]),
         6: ((block << 40) | (tx << 16) | out).to_bytes(8, "big"),
     })
     return encode_bigsize(len(stream)) + stream
@@ -160,11 +163,12 @@ def on_success(pay: Pay, preimage: str) -> Optional[Pay]:
     return replace(pay, status=COMPLETE, payment_preimage=preimage, reason=None)
 
 
-def on_failure(pay: Pay, failcode: Optional[int], erring_node: Optional[str],
+def on_failure(pay: Pay, failcode: Optional[int], erring_index: Optional[int],
                message: str) -> Optional[Pay]:
+    """``erring_index`` counts our onion's hops (sendonion knows no node ids)."""
     if pay.status not in OPEN:
         return None
-    if erring_node == pay.trampoline and failcode == failures.TEMPORARY_NODE_FAILURE:
+    if erring_index == pay.trampoline_index and failcode == failures.TEMPORARY_NODE_FAILURE:
         reason = pay.reason or "recipient stayed offline: the holding node gave up"
     else:
         reason = message

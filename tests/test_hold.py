@@ -49,8 +49,8 @@ def test_deadlines_at_admission():
     assert held.next_poll_height == 1000
     relay = hold.Relay(POLICY, 1000)
     arrive(relay, inc=incoming(cltv_expiry=1050))
-    # 1050 - safety 10 - final cltv 18
-    assert relay.held[PAYMENT_HASH].give_up_height == 1022
+    # 1050 - safety 10 - final cltv 18 - slack 2 + 1
+    assert relay.held[PAYMENT_HASH].give_up_height == 1021
 
 
 def test_find_route_budget():
@@ -59,7 +59,7 @@ def test_find_route_budget():
     find = actions[1]
     assert find == hold.FindRoute(PAYMENT_HASH, RECIPIENT, 100_000, 18,
                                   maxfee_msat=110_000 - 100_000 - 1100,
-                                  maxdelay=1500 - 10 - 1000 - 1)
+                                  maxdelay=1500 - 10 - 1000 - 2)
 
 
 def test_held_then_delivered_on_poll():
@@ -81,7 +81,7 @@ def test_payer_is_told_when_held():
     arrive(relay)
     actions = relay.route_failed(PAYMENT_HASH, "offline")
     notify = [a for a in actions if isinstance(a, hold.NotifyPayer)]
-    assert notify == [hold.NotifyPayer(PAYER, PAYMENT_HASH, "held", 1100, 1006, 0, "no route: offline")]
+    assert notify == [hold.NotifyPayer(PAYER, PAYMENT_HASH, "held", 1100, 1006, 1, "no route: offline")]
 
 
 def test_peer_online_retries_only_its_payments():
@@ -115,7 +115,7 @@ def test_without_please_poll_one_attempt_only():
 
 
 @pytest.mark.parametrize("route_change,problem", [
-    (lambda r: [dict(r[0], delay=1500 - 10 - 1000)], "blocks of CLTV"),
+    (lambda r: [dict(r[0], delay=1500 - 10 - 1001)], "blocks of CLTV"),
     (lambda r: [dict(r[0], delay=17)], "final CLTV"),
     (lambda r: [dict(r[0], amount_msat=99_999)], "requested amount"),
     (lambda r: [dict(r[0], id="02" + "cc" * 32)], "recipient"),
@@ -133,7 +133,7 @@ def test_unsafe_routes_are_not_used(route_change, problem):
 def test_route_with_exact_margins_is_used():
     relay = hold.Relay(POLICY, 1000)
     arrive(relay)
-    route = [{"id": "02" + "cc" * 32, "channel": "1x1x1", "amount_msat": 108_900, "delay": 1500 - 10 - 1001}]
+    route = [{"id": "02" + "cc" * 32, "channel": "1x1x1", "amount_msat": 108_900, "delay": 1500 - 10 - 1002}]
     route += direct_route(record())
     assert kinds(relay.route_found(PAYMENT_HASH, route)) == ["Persist", "SendPay"]
 
@@ -155,7 +155,7 @@ def test_admission_rejections_change_nothing(rec, inc, kw, code):
 
 def test_expiry_one_block_above_the_limit_is_accepted():
     relay = hold.Relay(POLICY, 1000)
-    verdict, _ = arrive(relay, inc=incoming(cltv_expiry=1029))
+    verdict, _ = arrive(relay, inc=incoming(cltv_expiry=1030))
     assert isinstance(verdict, hold.Hold)
     assert relay.held[PAYMENT_HASH].give_up_height == 1001
 

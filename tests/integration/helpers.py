@@ -37,3 +37,18 @@ def wait_status(node, payment_hash, status):
 
 def assert_proof_of_payment(pay):
     assert hashlib.sha256(bytes.fromhex(pay["payment_preimage"])).hexdigest() == pay["payment_hash"]
+
+
+def held_for_payer(payer, trampoline, recipient, amount_msat=100_000, label="held", **pay_args):
+    """Recipient goes offline, payer pays through the trampoline, wait until held."""
+    inv = recipient.rpc.invoice(amount_msat, label, "asyncln test")
+    wait_for_terms(payer, trampoline)
+    recipient.stop()
+    call(payer, "asyncln-pay", invstring=inv["bolt11"], trampoline=trampoline.info["id"], **pay_args)
+    wait_for(lambda: (held(trampoline, inv["payment_hash"]) or {}).get("state") == "held")
+    wait_status(payer, inv["payment_hash"], "held")
+    return inv
+
+
+def channel_with(node, peer):
+    return node.rpc.listpeerchannels(peer.info["id"])["channels"][0]
