@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pyln.client import Plugin, RpcError, RpcException  # noqa: E402
 
-from asyncln import __version__, hold, messages, payer  # noqa: E402
+from asyncln import __version__, failures, hold, messages, payer  # noqa: E402
 from asyncln.features import FEATURE_BIT, feature_hex, has_feature  # noqa: E402
 from asyncln.store import Store  # noqa: E402
 from asyncln.wire import DecodeError  # noqa: E402
@@ -361,8 +361,10 @@ def on_sendpay_failure(plugin, **kwargs):
     data = failure.get("data", {})
     payment_hash = data.get("payment_hash")
     message = failure.get("message", "payment failed")
+    permanent = data.get("failcode", 0) & failures.PERM
     with LOCK:
-        NODE.run(NODE.relay.attempt_failed(payment_hash, message))
+        NODE.run(NODE.relay.attempt_failed(payment_hash, message,
+                                           data.get("erring_node") if permanent else None))
         pay = NODE.pays.get(payment_hash)
         updated = pay and payer.on_failure(pay, data.get("failcode"), data.get("erring_index"), message)
         if updated:

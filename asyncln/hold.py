@@ -301,10 +301,20 @@ class Relay:
             return []
         return self._attempt_failed(held, f"no route: {error}")
 
-    def attempt_failed(self, payment_hash: str, error: str) -> List[Action]:
+    def attempt_failed(self, payment_hash: str, error: str,
+                       refused_by: Optional[str] = None) -> List[Action]:
+        """An outgoing attempt ended without a preimage.
+
+        ``refused_by`` names the node that sent a permanent failure; when that
+        is the recipient itself (say, an unknown payment secret), waiting for
+        it to come back cannot help, so the HTLC is failed back at once.
+        """
         held = self.held.get(payment_hash)
         if held is None or held.state != FORWARDING:
             return []
+        if refused_by == held.record.next_node:
+            held = self._update(held, state=HELD)
+            return self._fail(held, f"recipient refused the payment: {error}")
         return self._attempt_failed(held, error)
 
     def attempt_succeeded(self, payment_hash: str, preimage: str) -> List[Action]:

@@ -168,8 +168,11 @@ def on_failure(pay: Pay, failcode: Optional[int], erring_index: Optional[int],
     """``erring_index`` counts our onion's hops (sendonion knows no node ids)."""
     if pay.status not in OPEN:
         return None
-    if erring_index == pay.trampoline_index and failcode == failures.TEMPORARY_NODE_FAILURE:
-        reason = pay.reason or "recipient stayed offline: the holding node gave up"
+    from_trampoline = erring_index == pay.trampoline_index
+    if from_trampoline and pay.reason:
+        reason = pay.reason  # the holding node told us why
+    elif from_trampoline and failcode == failures.TEMPORARY_NODE_FAILURE and pay.status == HELD:
+        reason = "recipient stayed offline: the holding node gave up"
     else:
         reason = message
     return replace(pay, status=FAILED, reason=reason)

@@ -107,6 +107,19 @@ def test_never_fails_while_forwarding_even_past_deadline():
     assert isinstance(actions[-1], hold.FailIncoming)
 
 
+def test_recipient_refusal_fails_back_at_once():
+    relay = held_relay()
+    relay.block(1006)
+    relay.route_found(PAYMENT_HASH, direct_route(record()))
+    relay.attempt_failed(PAYMENT_HASH, "unknown payment", refused_by="02" + "cc" * 32)
+    assert relay.held[PAYMENT_HASH].state == hold.HELD  # an intermediate's refusal: keep holding
+    relay.block(1012)
+    relay.route_found(PAYMENT_HASH, direct_route(record()))
+    actions = relay.attempt_failed(PAYMENT_HASH, "unknown payment", refused_by=RECIPIENT)
+    assert actions[-1] == hold.FailIncoming(PAYMENT_HASH, "2002",
+                                            "recipient refused the payment: unknown payment")
+
+
 def test_without_please_poll_one_attempt_only():
     relay = hold.Relay(POLICY, 1000)
     arrive(relay, rec=record(please_poll=False))

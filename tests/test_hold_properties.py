@@ -97,9 +97,9 @@ class RelayMachine(RuleBasedStateMachine):
     def route_failed(self, i):
         self.step(self.relay.route_failed(HASHES[i], "no route"))
 
-    @rule(i=hash_index)
-    def attempt_failed(self, i):
-        self.step(self.relay.attempt_failed(HASHES[i], "offline"), attempt_ended=HASHES[i])
+    @rule(i=hash_index, refused=st.sampled_from([None, RECIPIENT, PAYER]))
+    def attempt_failed(self, i, refused):
+        self.step(self.relay.attempt_failed(HASHES[i], "offline", refused), attempt_ended=HASHES[i])
 
     @rule(i=hash_index, right=st.booleans())
     def attempt_succeeded(self, i, right):
