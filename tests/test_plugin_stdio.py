@@ -1,0 +1,136 @@
+"""plugin.py over its stdio JSON-RPC protocol, with a scripted RPC socket."""
+
+import json
+
+import pytest
+
+from asyncln import messages
+from asyncln.features import FEATURE_BIT, has_feature
+from factories import PAYER, PAYMENT_HASH, payload, record
+from plugin_harness import PluginProcess, ScriptedRpc, htlc_params
+
+
+@pytest.fixture
+def node(tmp_path):
+    rpc = ScriptedRpc(str(tmp_path))
+    plugin = PluginProcess(directory=str(tmp_path))
+    yield plugin, rpc
+    plugin.close()
+
+
+def started(node, **options):
+    plugin, rpc = node
+    plugin.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30, **options})
+    return plugin, rpc
+
+
+def test_manifest_declares_the_interface(node):
+    plugin, rpc = node
+    manifest, init = plugin.start(rpc)
+    assert "error" not in init and not (init["result"] or {}).get("disable")
+    options = {o["name"]: o for o in manifest["options"]}
+    assert options["asyncln-poll-blocks"]["default"] == 6
+    assert {"asyncln-max-hold-blocks", "asyncln-safety-blocks", "asyncln-relay",
+            "asyncln-fee-base-msat", "asyncln-fee-ppm", "asyncln-max-held",
+            "asyncln-max-held-msat"} <= set(options)
+    methods = {m["name"]: m for m in manifest["rpcmethods"]}
+    assert methods["asyncln-pay"]["usage"].startswith("invstring [trampoline] [maxfee_msat] [max_hold_blocks]")
+    assert methods["asyncln-cancel"]["usage"].startswith("payment_hash ")
+    for name in ("asyncln-listpays", "asyncln-listheld", "asyncln-poll", "asyncln-getinfo"):
+        assert len(methods[name]["usage"]) > 20  # usage followed by its help text
+    assert {h["name"] for h in manifest["hooks"]} == {"htlc_accepted", "custommsg"}
+    assert {"block_added", "connect", "sendpay_success", "sendpay_failure"} <= set(manifest["subscriptions"])
+    assert has_feature(manifest["featurebits"]["init"]) and has_feature(manifest["featurebits"]["node"])
+    assert int(manifest["featurebits"]["node"], 16) == 1 << FEATURE_BIT
+    assert manifest["custommessages"] == list(messages.MESSAGE_TYPES)
+    assert manifest["dynamic"] is False
+
+
+def test_bad_option_disables_the_plugin(node):
+    plugin, rpc = node
+    _, init = plugin.start(rpc, {"asyncln-poll-blocks": 0})
+    assert "asyncln-poll-blocks must be at least 1" in init["result"]["disable"]
+
+
+def test_pass_through_and_forwards_continue(node):
+    plugin, _ = started(node)
+    plain = htlc_params(PAYMENT_HASH, "0802020102040203e8", 258, 1500)
+    assert plugin.request("htlc_accepted", plain)["result"] == {"result": "continue"}
+    forward = htlc_params(PAYMENT_HASH, "00", 258, 1500)
+    forward["onion"]["short_channel_id"] = "1x2x3"
+    assert plugin.request("htlc_accepted", forward)["result"] == {"result": "continue"}
+
+
+def test_malformed_record_fails_and_stores_nothing(node):
+    plugin, rpc = started(node)
+    bad = payload(record())[:-40] + bytes(40)
+    answer = plugin.request("htlc_accepted", htlc_params(PAYMENT_HASH, bad.hex(), 110_000, 1500))
+    assert answer["result"]["result"] == "fail"
+    assert answer["result"]["failure_message"].startswith("4016")
+    assert rpc.called("datastore") == []
+
+
+def test_hold_notify_and_give_up(node):
+    plugin, rpc = started(node)
+    hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
+                                                    110_000, 1500, peer_id=PAYER))
+    assert plugin.answered(hook) is None  # held: lightningd keeps waiting
+    held = plugin.request("asyncln-listheld", {})["result"]["held"]
+    assert [h["state"] for h in held] == ["held"]
+    assert held[0]["incoming_msat"] == 110_000 and held[0]["give_up_height"] == 1030
+    stored = json.loads(rpc.datastore[("asyncln", "held", PAYMENT_HASH)])
+    assert stored["state"] == "held"
+    status = messages.decode(rpc.called("sendcustommsg")[-1]["msg"])
+    assert rpc.called("sendcustommsg")[-1]["node_id"] == PAYER
+    assert status.state == "held" and status.next_poll_height == 1006
+
+    plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1029}})
+    assert plugin.answered(hook) is None
+    plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1030}})
+    assert plugin.response(hook)["result"] == {"result": "fail", "failure_message": "2002"}
+    assert json.loads(rpc.datastore[("asyncln", "held", PAYMENT_HASH)])["state"] == "failed"
+
+
+def test_capability_query_is_answered(node):
+    plugin, rpc = started(node, **{"asyncln-fee-ppm": 250})
+    answer = plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(messages.QueryInfo())})
+    assert answer["result"] == {"result": "continue"}
+    info = messages.decode(rpc.called("sendcustommsg")[-1]["msg"])
+    assert info.relay and info.fee_ppm == 250 and info.max_hold_blocks == 30
+
+
+def test_truncated_custom_message_is_ignored(node):
+    plugin, rpc = started(node)
+    answer = plugin.request("custommsg", {"peer_id": PAYER, "payload": "ae9d00"})
+    assert answer["result"] == {"result": "continue"}
+    assert any("ignoring malformed asyncln message" in line for line in plugin.logs)
+    assert rpc.called("sendcustommsg") == []
+
+
+def test_restart_replay_resumes_from_the_datastore(tmp_path):
+    rpc = ScriptedRpc(str(tmp_path))
+    first = PluginProcess(directory=str(tmp_path))
+    first.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
+    params = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER)
+    assert first.answered(first.send("htlc_accepted", params)) is None
+    first.close()  # kill -9: no goodbye
+
+    second = PluginProcess(directory=str(tmp_path))
+    try:
+        second.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
+        held = second.request("asyncln-listheld", {})["result"]["held"]
+        assert [h["hold_start"] for h in held] == [1000]
+        hook = second.send("htlc_accepted", params)  # lightningd's replay
+        assert second.answered(hook) is None
+        second.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1030}})
+        assert second.response(hook)["result"]["result"] == "fail"
+    finally:
+        second.close()
+
+
+def test_rpc_errors_carry_codes(node):
+    plugin, _ = started(node)
+    error = plugin.request("asyncln-cancel", {"payment_hash": "00" * 32})["error"]
+    assert error["code"] == 2101 and "no held payment" in error["message"]
+    error = plugin.request("asyncln-pay", {"invstring": "lnbcrt1xyz"})
+    assert error["error"]["code"] == 2123
