@@ -33,8 +33,11 @@ integration: setup
 bench: setup
 	$(PY) bench/bench_htlc.py
 
+# The scenario of issue 2 on a local regtest: A pays offline B through S.
 demo: setup
-	$(PY) demo.py
+	@for bin in lightningd bitcoind; do command -v $$bin >/dev/null || \
+	  echo "demo: $$bin is not on PATH, so the regtest demo cannot run (see README, 'Integration tests')"; done
+	$(PY) -m pytest -v -rs tests/integration/test_scenario.py -k offline_recipient_is_paid
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -26,12 +26,10 @@ ROUTE_LAYERS = ["auto.localchans", "auto.sourcefree"]
 PEER_READY_SECONDS = 60
 
 # RPC error codes (documented in README.md).
-INVALID_PARAMS = -32602
 NO_TRAMPOLINE = 2121
 TRAMPOLINE_TERMS_UNKNOWN = 2122
 INVOICE_UNUSABLE = 2123
 PAYMENT_EXISTS = 2124
-UNKNOWN_PAY = 2125
 SEND_FAILED = 2126
 
 # lightningd only lets non-dynamic plugins set feature bits: load asyncln at startup.
