@@ -17,6 +17,7 @@ from pyln.client import Plugin, RpcError, RpcException  # noqa: E402
 
 from asyncln import __version__, failures, hold, messages, payer  # noqa: E402
 from asyncln.features import FEATURE_BIT, feature_hex, has_feature  # noqa: E402
+from asyncln.policy import Policy  # noqa: E402
 from asyncln.store import Store  # noqa: E402
 from asyncln.wire import DecodeError  # noqa: E402
 
@@ -51,14 +52,14 @@ LOCK = threading.RLock()
 class Node:
     """Everything the shell keeps between calls."""
 
-    def __init__(self, rpc, policy: hold.Policy, node_id: str, height: int):
+    def __init__(self, rpc, policy: Policy, node_id: str, height: int):
         self.rpc = rpc
         self.store = Store(rpc)
         self.node_id = node_id
         self.relay = hold.Relay(policy, height, (
             hold.HeldPayment.from_json(v) for v in self.store.load("held").values()))
         self.pays = {k: payer.Pay.from_json(v) for k, v in self.store.load("pay").items()}
-        self.terms = {}      # peer id -> messages.Info
+        self.terms = {}      # peer id -> the Policy its INFO message announced
         self.pending = {}    # payment hash -> htlc_accepted request awaiting our answer
 
     # --- carrying out the relay's actions --------------------------------
@@ -238,8 +239,8 @@ def _msat(value) -> int:
     return int(str(value).removesuffix("msat"))
 
 
-def _policy(options) -> hold.Policy:
-    policy = hold.Policy(
+def _policy(options) -> Policy:
+    policy = Policy(
         poll_blocks=int(options["asyncln-poll-blocks"]),
         max_hold_blocks=int(options["asyncln-max-hold-blocks"]),
         safety_blocks=int(options["asyncln-safety-blocks"]),
@@ -307,10 +308,8 @@ def on_custommsg(peer_id, payload, plugin, **kwargs):
         return CONTINUE
     with LOCK:
         if isinstance(msg, messages.QueryInfo):
-            p = NODE.relay.policy
-            NODE.send(peer_id, messages.Info(p.relay, p.fee_base_msat, p.fee_ppm, p.poll_blocks,
-                                             p.max_hold_blocks, p.safety_blocks, p.max_held_msat))
-        elif isinstance(msg, messages.Info):
+            NODE.send(peer_id, NODE.relay.policy)
+        elif isinstance(msg, Policy):
             NODE.terms[peer_id] = msg
         elif isinstance(msg, messages.Online):
             NODE.peer_is_back(peer_id)

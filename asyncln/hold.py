@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 from . import failures
+from .policy import Policy
 from .record import RECORD_TYPE, TrampolineRecord, find_record
 from .wire import DecodeError
 
@@ -33,23 +34,6 @@ TERMINAL = (COMPLETE, FAILED)
 # it may have processed a block whose notification we have not seen yet: our
 # CLTV checks assume the expiry base is two blocks above our height.
 HEIGHT_SLACK = 2
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The holding node's limits and prices (the asyncln-* options)."""
-
-    poll_blocks: int = 6
-    max_hold_blocks: int = 1008
-    safety_blocks: int = 144
-    fee_base_msat: int = 1000
-    fee_ppm: int = 1000
-    max_held: int = 100
-    max_held_msat: int = 1_000_000_000
-    relay: bool = True
-
-    def fee(self, amount_msat: int) -> int:
-        return self.fee_base_msat + amount_msat * self.fee_ppm // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ complete dataclass or raises DecodeError. docs/PROTOCOL.md lists every field.
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .policy import Policy
 from .wire import DecodeError, decode_tlv_stream, decode_tu, encode_tlv_stream, encode_tu
 
 QUERY_INFO = 44701
@@ -27,6 +28,7 @@ _POLL_BLOCKS = 6
 _MAX_HOLD = 8
 _SAFETY = 10
 _MAX_HELD_MSAT = 12
+_MAX_HELD = 14
 
 # PAYMENT_STATUS fields
 _REASON = 1
@@ -42,20 +44,6 @@ _STATE_CODES = {name: code for code, name in _STATES.items()}
 @dataclass(frozen=True)
 class QueryInfo:
     """"Do you hold payments, and on what terms?" """
-
-
-@dataclass(frozen=True)
-class Info:
-    relay: bool
-    fee_base_msat: int
-    fee_ppm: int
-    poll_blocks: int
-    max_hold_blocks: int
-    safety_blocks: int
-    max_held_msat: int
-
-    def fee(self, amount_msat: int) -> int:
-        return self.fee_base_msat + amount_msat * self.fee_ppm // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -75,7 +63,8 @@ class Online:
     """"I am back: deliver what you hold for me now." """
 
 
-Message = Union[QueryInfo, Info, PaymentStatus, Online]
+# An INFO message carries the sender's whole Policy.
+Message = Union[QueryInfo, Policy, PaymentStatus, Online]
 
 
 def encode(msg: Message) -> str:
@@ -85,7 +74,7 @@ def encode(msg: Message) -> str:
         msg_type = QUERY_INFO
     elif isinstance(msg, Online):
         msg_type = ONLINE
-    elif isinstance(msg, Info):
+    elif isinstance(msg, Policy):
         msg_type = INFO
         if msg.relay:
             fields[_RELAY] = b""
@@ -93,6 +82,7 @@ def encode(msg: Message) -> str:
             _FEE_BASE: encode_tu(msg.fee_base_msat), _FEE_PPM: encode_tu(msg.fee_ppm),
             _POLL_BLOCKS: encode_tu(msg.poll_blocks), _MAX_HOLD: encode_tu(msg.max_hold_blocks),
             _SAFETY: encode_tu(msg.safety_blocks), _MAX_HELD_MSAT: encode_tu(msg.max_held_msat),
+            _MAX_HELD: encode_tu(msg.max_held),
         })
     else:
         msg_type = PAYMENT_STATUS
@@ -117,7 +107,7 @@ def decode(payload: str) -> Optional[Message]:
         return None
     known = {
         QUERY_INFO: (), ONLINE: (),
-        INFO: (_FEE_BASE, _FEE_PPM, _POLL_BLOCKS, _MAX_HOLD, _SAFETY, _MAX_HELD_MSAT),
+        INFO: (_FEE_BASE, _FEE_PPM, _POLL_BLOCKS, _MAX_HOLD, _SAFETY, _MAX_HELD_MSAT, _MAX_HELD),
         PAYMENT_STATUS: (_HASH, _STATE, _GIVE_UP, _NEXT_POLL, _ATTEMPTS),
     }[msg_type]
     fields = decode_tlv_stream(data[2:], (_VERSION,) + known).records
@@ -135,9 +125,10 @@ def decode(payload: str) -> Optional[Message]:
     if msg_type == ONLINE:
         return Online()
     if msg_type == INFO:
-        return Info(relay=_RELAY in fields, fee_base_msat=u(_FEE_BASE), fee_ppm=u(_FEE_PPM),
-                    poll_blocks=u(_POLL_BLOCKS), max_hold_blocks=u(_MAX_HOLD),
-                    safety_blocks=u(_SAFETY), max_held_msat=u(_MAX_HELD_MSAT))
+        return Policy(relay=_RELAY in fields, fee_base_msat=u(_FEE_BASE), fee_ppm=u(_FEE_PPM),
+                      poll_blocks=u(_POLL_BLOCKS), max_hold_blocks=u(_MAX_HOLD),
+                      safety_blocks=u(_SAFETY), max_held_msat=u(_MAX_HELD_MSAT),
+                      max_held=u(_MAX_HELD))
     if len(fields[_HASH]) != 32:
         raise DecodeError("payment_hash must be 32 bytes", _HASH)
     state = _STATES.get(int.from_bytes(fields[_STATE], "big"))

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import List, Optional, Tuple
 
 from . import failures
-from .messages import Info, PaymentStatus
+from .messages import PaymentStatus
+from .policy import Policy
 from .record import FinalPayload, TrampolineRecord
 from .wire import encode_bigsize, encode_tlv_stream, encode_tu
 
@@ -76,12 +77,12 @@ class Invoice:
     min_final_cltv_expiry: int
 
 
-def default_maxfee(amount_msat: int, info: Info) -> int:
+def default_maxfee(amount_msat: int, info: Policy) -> int:
     """The holding node's fee plus 1 sat and 0.5% for its onward route."""
     return info.fee(amount_msat) + 1000 + amount_msat // 200
 
 
-def hold_blocks(requested: Optional[int], info: Info) -> int:
+def hold_blocks(requested: Optional[int], info: Policy) -> int:
     hold = info.max_hold_blocks if requested is None else min(requested, info.max_hold_blocks)
     if hold < 1:
         raise PlanError("max_hold_blocks must be at least 1", HOLD_TOO_SHORT)
@@ -89,7 +90,7 @@ def hold_blocks(requested: Optional[int], info: Info) -> int:
 
 
 def trampoline_amount(invoice: Invoice, maxfee_msat: int, fees_to_trampoline: int,
-                      info: Info) -> int:
+                      info: Policy) -> int:
     """What the holding node must receive: all fee left after reaching it.
 
     The holding node keeps its own fee and spends the rest, if it must, on
@@ -103,7 +104,7 @@ def trampoline_amount(invoice: Invoice, maxfee_msat: int, fees_to_trampoline: in
     return amount
 
 
-def final_cltv_to_trampoline(invoice: Invoice, hold: int, info: Info) -> int:
+def final_cltv_to_trampoline(invoice: Invoice, hold: int, info: Policy) -> int:
     """Blocks of CLTV the HTLC must still have when it reaches the holding node."""
     return hold + info.safety_blocks + invoice.min_final_cltv_expiry + DOWNSTREAM_CLTV_BUDGET
 

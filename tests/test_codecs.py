@@ -2,6 +2,7 @@
 
 import pytest
 
+from asyncln.policy import Policy
 from asyncln import failures, messages
 from asyncln.record import RECORD_TYPE, FinalPayload, TrampolineRecord, find_record
 from asyncln.wire import (DecodeError, decode_bigsize, decode_tlv_stream, decode_tu,
@@ -95,8 +96,8 @@ def test_record_rejects_inconsistent_fields(fields, message):
 def test_messages_roundtrip():
     samples = [
         messages.QueryInfo(), messages.Online(),
-        messages.Info(True, 1000, 500, 6, 1008, 144, 10**9),
-        messages.Info(False, 0, 0, 1, 1, 1, 0),
+        Policy(6, 1008, 144, 1000, 500, 50, 10**9, True),
+        Policy(1, 1, 1, 0, 0, 0, 0, False),
         messages.PaymentStatus(PAYMENT_HASH, "held", 700, 606, 2, "peer offline"),
         messages.PaymentStatus(PAYMENT_HASH, "failed", 700, 606, 2, ""),
     ]

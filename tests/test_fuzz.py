@@ -3,6 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncln.policy import Policy
 from asyncln import hold, messages
 from asyncln.record import TrampolineRecord, find_record
 from asyncln.wire import DecodeError, decode_bigsize, decode_tlv_stream
@@ -45,7 +46,7 @@ def test_trampoline_record(data):
 
 @FUZZ
 @given(st.one_of(*(mutations(bytes.fromhex(messages.encode(m))) for m in (
-    messages.Info(True, 1, 2, 3, 4, 5, 6),
+    Policy(1, 2, 3, 4, 5, 6, 7, True),
     messages.PaymentStatus(PAYMENT_HASH, "held", 1, 2, 3, "why"),
     messages.QueryInfo()))))
 def test_custom_messages(data):
@@ -60,7 +61,7 @@ def test_custom_messages(data):
 @FUZZ
 @given(mutations(payload(record(), 200_000, 1500)))
 def test_hook_payloads_never_crash_or_hold_bad_input(data):
-    relay = hold.Relay(hold.Policy(), 1000)
+    relay = hold.Relay(Policy(), 1000)
     try:
         found = find_record(data)
     except DecodeError:

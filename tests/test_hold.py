@@ -2,10 +2,11 @@
 
 import pytest
 
+from asyncln.policy import Policy
 from asyncln import failures, hold
 from factories import PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, direct_route, incoming, payload, record
 
-POLICY = hold.Policy(poll_blocks=6, max_hold_blocks=100, safety_blocks=10,
+POLICY = Policy(poll_blocks=6, max_hold_blocks=100, safety_blocks=10,
                      fee_base_msat=1000, fee_ppm=1000, max_held=2, max_held_msat=1_000_000)
 
 
@@ -37,7 +38,7 @@ def test_payment_without_record_passes_through():
 
 
 def test_relay_off_passes_record_through():
-    relay = hold.Relay(hold.Policy(relay=False), 1000)
+    relay = hold.Relay(Policy(relay=False), 1000)
     assert arrive(relay) == (hold.Continue(), [])
 
 

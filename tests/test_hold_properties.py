@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from asyncln.policy import Policy
 from asyncln import hold
 from factories import PAYER, RECIPIENT, direct_route, incoming, payload, record
 
@@ -23,7 +24,7 @@ class RelayMachine(RuleBasedStateMachine):
     @initialize(poll=st.integers(1, 10), max_hold=st.integers(1, 200), safety=st.integers(1, 60),
                 base=st.integers(0, 2000), ppm=st.integers(0, 5000), max_held=st.integers(1, 4))
     def start(self, poll, max_hold, safety, base, ppm, max_held):
-        self.policy = hold.Policy(poll_blocks=poll, max_hold_blocks=max_hold, safety_blocks=safety,
+        self.policy = Policy(poll_blocks=poll, max_hold_blocks=max_hold, safety_blocks=safety,
                                   fee_base_msat=base, fee_ppm=ppm, max_held=max_held,
                                   max_held_msat=10**9)
         self.relay = hold.Relay(self.policy, 1000)

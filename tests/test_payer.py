@@ -3,13 +3,14 @@
 import pytest
 
 from asyncln import failures, payer
-from asyncln.messages import Info, PaymentStatus
+from asyncln.messages import PaymentStatus
+from asyncln.policy import Policy
 from asyncln.record import RECORD_TYPE, TrampolineRecord, find_record
 from asyncln.wire import decode_tlv_stream, decode_tu
 from factories import PAYMENT_HASH, RECIPIENT
 
-INFO = Info(relay=True, fee_base_msat=1000, fee_ppm=1000, poll_blocks=6, max_hold_blocks=1008,
-            safety_blocks=144, max_held_msat=10**9)
+INFO = Policy(poll_blocks=6, max_hold_blocks=1008, safety_blocks=144, fee_base_msat=1000,
+              fee_ppm=1000, max_held_msat=10**9)
 INVOICE = payer.Invoice("lnbcrt1...", PAYMENT_HASH, "22" * 32, RECIPIENT, 100_000, 18)
 S = "02" + "55" * 32
 X = "02" + "66" * 32
