@@ -8,8 +8,15 @@ node. docs/PROTOCOL.md describes every field and why each type is odd or even.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .wire import (DecodeError, decode_bigsize, decode_tlv_stream, decode_tu,
-                   encode_bigsize, encode_tlv_stream, encode_tu)
+from .wire import (
+    DecodeError,
+    decode_bigsize,
+    decode_tlv_stream,
+    decode_tu,
+    encode_bigsize,
+    encode_tlv_stream,
+    encode_tu,
+)
 
 RECORD_TYPE = 66101
 RECORD_VERSION = 1

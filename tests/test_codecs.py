@@ -1,13 +1,20 @@
 """Wire primitives, the onion record, custom messages and failure encodings."""
 
 import pytest
-
-from asyncln.policy import Policy
-from asyncln import failures, messages
-from asyncln.record import RECORD_TYPE, FinalPayload, TrampolineRecord, find_record
-from asyncln.wire import (DecodeError, decode_bigsize, decode_tlv_stream, decode_tu,
-                          encode_bigsize, encode_tlv_stream, encode_tu)
 from factories import PAYMENT_HASH, record
+
+from asyncln import failures, messages
+from asyncln.policy import Policy
+from asyncln.record import RECORD_TYPE, FinalPayload, TrampolineRecord, find_record
+from asyncln.wire import (
+    DecodeError,
+    decode_bigsize,
+    decode_tlv_stream,
+    decode_tu,
+    encode_bigsize,
+    encode_tlv_stream,
+    encode_tu,
+)
 
 
 @pytest.mark.parametrize("value,encoded", [

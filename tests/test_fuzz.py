@@ -1,13 +1,13 @@
 """Every parser, fed arbitrary bytes: a result or DecodeError, nothing else."""
 
+from factories import PAYER, PAYMENT_HASH, incoming, payload, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncln.policy import Policy
 from asyncln import hold, messages
+from asyncln.policy import Policy
 from asyncln.record import TrampolineRecord, find_record
 from asyncln.wire import DecodeError, decode_bigsize, decode_tlv_stream
-from factories import PAYER, PAYMENT_HASH, incoming, payload, record
 
 FUZZ = settings(max_examples=2000, deadline=None)
 

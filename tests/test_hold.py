@@ -1,10 +1,10 @@
 """The holding node's state machine, one scenario at a time."""
 
 import pytest
-
-from asyncln.policy import Policy
-from asyncln import failures, hold
 from factories import PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, direct_route, incoming, payload, record
+
+from asyncln import failures, hold
+from asyncln.policy import Policy
 
 POLICY = Policy(poll_blocks=6, max_hold_blocks=100, safety_blocks=10,
                      fee_base_msat=1000, fee_ppm=1000, max_held=2, max_held_msat=1_000_000)

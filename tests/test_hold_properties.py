@@ -7,13 +7,13 @@ asyncln/hold.py's docstring.
 
 import hashlib
 
+from factories import PAYER, RECIPIENT, direct_route, incoming, payload, record
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from asyncln.policy import Policy
 from asyncln import hold
-from factories import PAYER, RECIPIENT, direct_route, incoming, payload, record
+from asyncln.policy import Policy
 
 PREIMAGES = [bytes([i + 1]) * 32 for i in range(4)]
 HASHES = [hashlib.sha256(p).hexdigest() for p in PREIMAGES]

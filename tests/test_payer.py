@@ -1,13 +1,13 @@
 """The paying side: amounts, expiries, onion hops and status transitions."""
 
 import pytest
+from factories import PAYMENT_HASH, RECIPIENT
 
 from asyncln import failures, payer
 from asyncln.messages import PaymentStatus
 from asyncln.policy import Policy
 from asyncln.record import RECORD_TYPE, TrampolineRecord, find_record
 from asyncln.wire import decode_tlv_stream, decode_tu
-from factories import PAYMENT_HASH, RECIPIENT
 
 INFO = Policy(poll_blocks=6, max_hold_blocks=1008, safety_blocks=144, fee_base_msat=1000,
               fee_ppm=1000, max_held_msat=10**9)

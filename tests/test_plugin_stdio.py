@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from factories import PAYER, PAYMENT_HASH, payload, record
+from plugin_harness import PluginProcess, ScriptedRpc, htlc_params
 
 from asyncln import messages
 from asyncln.features import FEATURE_BIT, has_feature
-from factories import PAYER, PAYMENT_HASH, payload, record
-from plugin_harness import PluginProcess, ScriptedRpc, htlc_params
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ import hashlib
 import os
 
 import pytest
+from helpers import call, held, held_for_payer, opts, wait_for_terms, wait_status
 from pyln.client import RpcError
 
 from asyncln import failures
 from asyncln.record import RECORD_TYPE, FinalPayload, TrampolineRecord
 from asyncln.wire import encode_bigsize, encode_tlv_stream, encode_tu
-from helpers import call, held, held_for_payer, opts, wait_for_terms, wait_status
 
 
 def record_to(b, amount=100_000):

@@ -1,11 +1,11 @@
 """The operator's view: help, discovery, errors, poll and cancel on real nodes."""
 
 import pytest
+from helpers import call, held, held_for_payer, opts, wait_for_terms, wait_status
 from pyln.client import RpcError
 
 from asyncln import hold
 from asyncln.features import FEATURE_BIT, has_feature
-from helpers import call, held, held_for_payer, opts, wait_for_terms, wait_status
 
 
 def test_help_feature_bit_and_discovery(node_factory, plugin_path):

@@ -1,9 +1,7 @@
 """Issue 2's numbered scenario on real lightningd nodes."""
 
+from helpers import assert_proof_of_payment, call, channel_with, held, held_for_payer, opts, wait_for_terms, wait_status
 from pyln.testing.utils import sync_blockheight, wait_for
-
-from helpers import (assert_proof_of_payment, call, channel_with, held, held_for_payer, opts,
-                     wait_for_terms, wait_status)
 
 
 def test_offline_recipient_is_paid_when_it_returns(node_factory, plugin_path):
