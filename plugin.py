@@ -88,12 +88,14 @@ class Node:
                     "payment_secret": action.payment_secret, "amount_msat": action.total_msat,
                     "label": "asyncln-relay"})
             except RpcError as e:
-                return relay.attempt_failed(action.payment_hash, _rpc_message(e))
+                # Believe lightningd's records, not the error: only when no part
+                # of this payment is pending has the attempt really failed.
+                return self.check_attempt(action.payment_hash, _rpc_message(e))
             if result.get("status") == "complete":
                 return relay.attempt_succeeded(action.payment_hash, result["payment_preimage"])
             plugin.log(f"forwarding held payment {action.payment_hash}")
         elif isinstance(action, hold.CheckAttempt):
-            return self.check_attempt(action.payment_hash)
+            return self.check_attempt(action.payment_hash, "no attempt survived the restart")
         elif isinstance(action, hold.ResolveIncoming):
             self.answer(action.payment_hash, {"result": "resolve", "payment_key": action.preimage},
                         "resolved with the preimage")
@@ -118,14 +120,15 @@ class Node:
                  "amount_msat": hop["amount_out_msat"], "delay": hop["cltv_out"]}
                 for hop in found["routes"][0]["path"]]
 
-    def check_attempt(self, payment_hash: str):
+    def check_attempt(self, payment_hash: str, error: str):
+        """Settle an attempt from lightningd's own payment records."""
         parts = self.rpc.call("listsendpays", {"payment_hash": payment_hash})["payments"]
         for part in parts:
             if part["status"] == "complete":
                 return self.relay.attempt_succeeded(payment_hash, part["payment_preimage"])
         if any(part["status"] == "pending" for part in parts):
             return []
-        return self.relay.attempt_failed(payment_hash, "no attempt survived the restart")
+        return self.relay.attempt_failed(payment_hash, error)
 
     def answer(self, payment_hash: str, result: dict, what: str):
         request = self.pending.pop(payment_hash, None)

@@ -196,3 +196,12 @@ def htlc_params(payment_hash, payload_hex, amount_msat, cltv_expiry, htlc_id=0,
                  "cltv_expiry": cltv_expiry, "cltv_expiry_relative": cltv_expiry - 1000,
                  "payment_hash": payment_hash},
     }
+
+
+def wait_for(condition, timeout=10):
+    """Poll ``condition`` until it holds; the plugin works in its own process."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition never held: {condition}")
+        time.sleep(0.05)

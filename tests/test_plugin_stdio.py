@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from factories import PAYER, PAYMENT_HASH, payload, record
-from plugin_harness import PluginProcess, ScriptedRpc, htlc_params
+from factories import PAYER, PAYMENT_HASH, RECIPIENT, payload, record
+from plugin_harness import PluginProcess, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import messages
 from asyncln.features import FEATURE_BIT, has_feature
@@ -134,3 +134,16 @@ def test_rpc_errors_carry_codes(node):
     assert error["code"] == 2101 and "no held payment" in error["message"]
     error = plugin.request("asyncln-pay", {"invstring": "lnbcrt1xyz"})
     assert error["error"]["code"] == 2123
+
+
+def test_online_message_from_the_recipient_retries_at_once(node):
+    plugin, rpc = started(node)
+    hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
+                                                    110_000, 1500, peer_id=PAYER))
+    assert plugin.answered(hook) is None
+    tries = len(rpc.called("getroutes"))
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(messages.Online())})
+    assert plugin.request("asyncln-listheld", {})["result"]["held"][0]["attempts"] == tries
+    plugin.request("custommsg", {"peer_id": RECIPIENT, "payload": messages.encode(messages.Online())})
+    wait_for(lambda: len(rpc.called("getroutes")) == tries + 1)
+    assert rpc.called("getroutes")[-1]["destination"] == RECIPIENT
