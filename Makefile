@@ -37,7 +37,7 @@ bench: setup
 demo: setup
 	@for bin in lightningd bitcoind; do command -v $$bin >/dev/null || \
 	  echo "demo: $$bin is not on PATH, so the regtest demo cannot run (see README, 'Integration tests')"; done
-	$(PY) -m pytest -v -rs tests/integration/test_scenario.py -k offline_recipient_is_paid
+	$(PY) -m pytest -s -q -rs tests/integration/test_scenario.py -k offline_recipient_is_paid
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

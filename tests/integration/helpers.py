@@ -8,6 +8,11 @@ HOLD_OPTS = {"asyncln-poll-blocks": 6, "asyncln-safety-blocks": 6,
              "asyncln-max-hold-blocks": 30, "may_reconnect": True}
 
 
+def say(text):
+    """Narrate a step; `make demo` shows these lines (pytest -s)."""
+    print(f"[asyncln demo] {text}", flush=True)
+
+
 def opts(plugin_path, **extra):
     return dict(HOLD_OPTS, plugin=plugin_path, **extra)
 

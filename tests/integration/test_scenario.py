@@ -1,16 +1,30 @@
 """Issue 2's numbered scenario on real lightningd nodes."""
 
-from helpers import assert_proof_of_payment, call, channel_with, held, held_for_payer, opts, wait_for_terms, wait_status
+from helpers import (
+    assert_proof_of_payment,
+    call,
+    channel_with,
+    held,
+    held_for_payer,
+    opts,
+    say,
+    wait_for_terms,
+    wait_status,
+)
 from pyln.testing.utils import sync_blockheight, wait_for
 
 
 def test_offline_recipient_is_paid_when_it_returns(node_factory, plugin_path):
     a, s, b = node_factory.line_graph(3, opts=opts(plugin_path), wait_for_announce=True)
+    say(f"regtest line A {a.info['id'][:8]} - S {s.info['id'][:8]} - B {b.info['id'][:8]}, asyncln on all")
     inv = b.rpc.invoice(100_000, "offline", "paid while offline")
     wait_for_terms(a, s)
     b.stop()
+    say("B created an invoice for 100000 msat and went offline")
 
     started = call(a, "asyncln-pay", invstring=inv["bolt11"], trampoline=s.info["id"])
+    say(f"A: asyncln-pay -> {started['status']}, sent {started['amount_sent_msat']} msat, "
+        f"HTLC expires at block {started['cltv_expiry']}")
     assert started["status"] == "pending"
     assert started["trampoline"] == s.info["id"]
     assert started["payment_hash"] == inv["payment_hash"]
@@ -20,19 +34,26 @@ def test_offline_recipient_is_paid_when_it_returns(node_factory, plugin_path):
 
     wait_for(lambda: (held(s, inv["payment_hash"]) or {}).get("state") == "held")
     entry = held(s, inv["payment_hash"])
+    say(f"S: holding for B, next poll at block {entry['next_poll_height']}, "
+        f"gives up at block {entry['give_up_height']}")
     assert entry["next_node"] == b.info["id"]
     assert entry["incoming_msat"] == started["amount_sent_msat"]
     assert entry["outgoing_msat"] == 100_000
     assert entry["cltv_expiry"] == started["cltv_expiry"]
     assert entry["give_up_height"] <= entry["cltv_expiry"] - 6
     assert wait_status(a, inv["payment_hash"], "held")["give_up_height"] == entry["give_up_height"]
+    say("A: asyncln-listpays -> held")
 
     b.start()
     b.rpc.connect(s.info["id"], "localhost", s.port)
+    say("B came back online and connected to S")
     done = wait_status(a, inv["payment_hash"], "complete")
     assert_proof_of_payment(done)
+    say(f"A: asyncln-listpays -> complete, preimage {done['payment_preimage'][:16]}... "
+        "hashes to the invoice's payment hash")
     assert b.rpc.listinvoices(payment_hash=inv["payment_hash"])["invoices"][0]["status"] == "paid"
     wait_for(lambda: held(s, inv["payment_hash"])["state"] == "complete")
+    say("B: invoice paid")
 
 
 def test_polling_reaches_a_recipient_that_is_not_our_peer(node_factory, bitcoind, plugin_path):
