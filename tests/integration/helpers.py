@@ -14,7 +14,7 @@ def say(text):
 
 
 def opts(plugin_path, **extra):
-    return dict(HOLD_OPTS, plugin=plugin_path, **extra)
+    return {**HOLD_OPTS, "plugin": plugin_path, **extra}
 
 
 def call(node, method, **params):

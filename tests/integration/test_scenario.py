@@ -1,5 +1,7 @@
 """Issue 2's numbered scenario on real lightningd nodes."""
 
+import os
+
 from helpers import (
     assert_proof_of_payment,
     call,
@@ -142,3 +144,25 @@ def test_ordinary_payments_pass_through(node_factory, plugin_path):
     direct = s.rpc.invoice(20_000, "to-s", "final hop is S")
     a.rpc.xpay(direct["bolt11"])
     assert s.rpc.listinvoices("to-s")["invoices"][0]["status"] == "paid"
+
+
+def test_trampoline_killed_while_forwarding_does_not_forward_twice(node_factory, plugin_path):
+    holder = os.path.join(os.path.dirname(__file__), "plugins", "hold_incoming.py")
+    a, s, b = node_factory.line_graph(3, opts=[opts(plugin_path), opts(plugin_path, may_fail=True),
+                                               opts(plugin_path, plugin=[plugin_path, holder])],
+                                      wait_for_announce=True)
+    inv = b.rpc.invoice(100_000, "in-flight", "held by the recipient")
+    wait_for_terms(a, s)
+    call(a, "asyncln-pay", invstring=inv["bolt11"], trampoline=s.info["id"])
+    wait_for(lambda: call(b, "hold-incoming-count")["held"] == 1)
+    assert held(s, inv["payment_hash"])["state"] == "forwarding"
+
+    s.daemon.kill()
+    s.start()
+    # The replayed hook finds the attempt still pending and waits for it.
+    wait_for(lambda: channel_with(s, a)["peer_connected"] and channel_with(s, b)["peer_connected"])
+    assert held(s, inv["payment_hash"])["state"] == "forwarding"
+    assert call(b, "hold-incoming-release")["released"] == 1
+    assert_proof_of_payment(wait_status(a, inv["payment_hash"], "complete"))
+    parts = s.rpc.listsendpays(payment_hash=inv["payment_hash"])["payments"]
+    assert [p["status"] for p in parts] == ["complete"]
