@@ -110,7 +110,7 @@ def decode(payload: str) -> Optional[Message]:
         INFO: (_FEE_BASE, _FEE_PPM, _POLL_BLOCKS, _MAX_HOLD, _SAFETY, _MAX_HELD_MSAT, _MAX_HELD),
         PAYMENT_STATUS: (_HASH, _STATE, _GIVE_UP, _NEXT_POLL, _ATTEMPTS),
     }[msg_type]
-    fields = decode_tlv_stream(data[2:], (_VERSION,) + known).records
+    fields = decode_tlv_stream(data[2:], (_VERSION,) + known)
     if fields.get(_VERSION) != bytes([VERSION]):
         raise DecodeError(f"unsupported message version {fields.get(_VERSION, b'').hex() or 'none'}")
     missing = [t for t in known if t not in fields]

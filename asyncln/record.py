@@ -69,7 +69,7 @@ class TrampolineRecord:
             raise DecodeError("empty asyncln record", RECORD_TYPE)
         if value[0] != RECORD_VERSION:
             raise DecodeError(f"unknown asyncln record version {value[0]}", RECORD_TYPE)
-        fields = decode_tlv_stream(value[1:], _KNOWN_EVEN).records
+        fields = decode_tlv_stream(value[1:], _KNOWN_EVEN)
         for required in _REQUIRED:
             if required not in fields:
                 raise DecodeError(f"asyncln record lacks field {required}", RECORD_TYPE)

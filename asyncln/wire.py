@@ -5,7 +5,6 @@ byte offset, so callers can build an ``invalid_onion_payload`` failure or a
 log line without guessing what went wrong.
 """
 
-from dataclasses import dataclass
 from typing import Dict, Iterable, Mapping, Tuple
 
 
@@ -70,15 +69,7 @@ def encode_tlv_stream(records: Mapping[int, bytes]) -> bytes:
     return bytes(out)
 
 
-@dataclass(frozen=True)
-class TlvStream:
-    """A decoded TLV stream: values by type, and each type's start offset."""
-
-    records: Dict[int, bytes]
-    offsets: Dict[int, int]
-
-
-def decode_tlv_stream(data: bytes, known_even: Iterable[int] = ()) -> TlvStream:
+def decode_tlv_stream(data: bytes, known_even: Iterable[int] = ()) -> Dict[int, bytes]:
     """Decode a TLV stream following BOLT 1.
 
     Types must strictly increase. An unknown even type is an error ("it's
@@ -86,7 +77,6 @@ def decode_tlv_stream(data: bytes, known_even: Iterable[int] = ()) -> TlvStream:
     """
     known = set(known_even)
     records: Dict[int, bytes] = {}
-    offsets: Dict[int, int] = {}
     offset, last = 0, -1
     while offset < len(data):
         start = offset
@@ -99,7 +89,6 @@ def decode_tlv_stream(data: bytes, known_even: Iterable[int] = ()) -> TlvStream:
         if tlv_type % 2 == 0 and tlv_type not in known:
             raise DecodeError("unknown even TLV type", tlv_type, start)
         records[tlv_type] = data[offset:offset + length]
-        offsets[tlv_type] = start
         offset += length
         last = tlv_type
-    return TlvStream(records, offsets)
+    return records

@@ -5,7 +5,7 @@ from factories import PAYMENT_HASH, record
 
 from asyncln import failures, messages
 from asyncln.policy import Policy
-from asyncln.record import RECORD_TYPE, FinalPayload, TrampolineRecord, find_record
+from asyncln.record import FinalPayload, TrampolineRecord, find_record
 from asyncln.wire import (
     DecodeError,
     decode_bigsize,
@@ -44,10 +44,10 @@ def test_truncated_integers_are_minimal():
 
 def test_tlv_stream_rules():
     stream = encode_tlv_stream({1: b"a", 3: b"bc"})
-    assert decode_tlv_stream(stream).records == {1: b"a", 3: b"bc"}
+    assert decode_tlv_stream(stream) == {1: b"a", 3: b"bc"}
     with pytest.raises(DecodeError, match="unknown even"):
         decode_tlv_stream(encode_tlv_stream({2: b"x"}))
-    assert decode_tlv_stream(encode_tlv_stream({2: b"x"}), known_even=[2]).records == {2: b"x"}
+    assert decode_tlv_stream(encode_tlv_stream({2: b"x"}), known_even=[2]) == {2: b"x"}
     with pytest.raises(DecodeError, match="out of order"):
         decode_tlv_stream(bytes.fromhex("0301620101 61".replace(" ", "")))
     with pytest.raises(DecodeError, match="truncated"):
@@ -63,8 +63,8 @@ def test_record_roundtrip_and_payload_lookup():
     offset, raw = find_record(payload)
     assert TrampolineRecord.decode(raw) == rec
     stream = decode_tlv_stream(payload[1:], known_even=[2, 4])
-    assert stream.offsets[RECORD_TYPE] == offset
-    assert decode_tu(stream.records[2], 8) == 110_000
+    assert offset == len(encode_tlv_stream({2: stream[2], 4: stream[4]}))
+    assert decode_tu(stream[2], 8) == 110_000
 
 
 def test_payload_without_record_and_cln_fact_payload():
