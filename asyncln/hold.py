@@ -207,9 +207,11 @@ class Relay:
         existing = self.held.get(payment_hash)
         if existing is not None and _same_htlc(existing.incoming, incoming):
             return self._reattach(existing)
-        if existing is not None and existing.state not in TERMINAL:
+        if existing is not None and existing.state != FAILED:
+            # A completed record must outlive its HTLC: lightningd may replay
+            # that HTLC after a restart and must get the preimage again.
             return Reject(failures.temporary_node_failure(),
-                          "another HTLC with this payment hash is already held"), []
+                          f"another HTLC with this payment hash is already {existing.state}"), []
 
         rejection = self._admission_error(incoming, record, forward_msat, outgoing_cltv)
         if rejection is not None:

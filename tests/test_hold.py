@@ -262,3 +262,23 @@ def test_terminal_records_are_forgotten_after_expiry():
     assert relay.block(1500) == []
     assert relay.block(1501) == [hold.Forget(PAYMENT_HASH)]
     assert relay.held == {}
+
+
+def test_completed_record_is_kept_for_its_htlc():
+    relay = held_relay()
+    relay.block(1006)
+    relay.route_found(PAYMENT_HASH, direct_route(record()))
+    relay.attempt_succeeded(PAYMENT_HASH, PREIMAGE)
+    verdict, _ = arrive(relay, inc=incoming(htlc_id=5))
+    assert verdict == hold.Reject("2002", "another HTLC with this payment hash is already complete")
+    _, actions = arrive(relay)  # the original HTLC, replayed after a restart
+    assert actions == [hold.ResolveIncoming(PAYMENT_HASH, PREIMAGE)]
+
+
+def test_failed_record_gives_way_to_a_new_htlc():
+    relay = held_relay()
+    relay.block(1100)
+    verdict, _ = arrive(relay, inc=incoming(htlc_id=5, cltv_expiry=1700))
+    assert isinstance(verdict, hold.Hold)
+    assert relay.held[PAYMENT_HASH].incoming.htlc_id == 5
+

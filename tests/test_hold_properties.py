@@ -30,8 +30,13 @@ class RelayMachine(RuleBasedStateMachine):
         self.relay = hold.Relay(self.policy, 1000)
         self.outgoing_preimage_known = set()
 
-    def step(self, actions, attempt_ended=None):
+    def step(self, event, attempt_ended=None):
+        """Run ``event`` (a call into the relay) and check the actions it returns."""
         before = {h: p.state for h, p in self.relay.held.items()}
+        htlcs = {h: p.incoming for h, p in self.relay.held.items()}
+        actions = event()
+        if isinstance(actions, tuple):  # htlc_accepted: (verdict, actions)
+            actions = actions[1]
         persisted = {}
         for action in actions:
             if isinstance(action, hold.Persist):
@@ -58,8 +63,11 @@ class RelayMachine(RuleBasedStateMachine):
                 assert last["amount_msat"] == held.record.amount_msat
                 assert last["delay"] >= held.record.final_cltv_delta
         for h, state in before.items():
-            if state in hold.TERMINAL and h in self.relay.held:
-                assert self.relay.held[h].state == state, "a settled HTLC changed its outcome"
+            now = self.relay.held.get(h)
+            if state in hold.TERMINAL and now is not None and now.incoming == htlcs[h]:
+                assert now.state == state, "a settled HTLC changed its outcome"
+            if state == hold.COMPLETE:
+                assert now is None or now.incoming == htlcs[h], "a completed record was replaced"
         return actions
 
     @rule(i=hash_index, amount=st.integers(1, 300_000), extra=st.integers(0, 5000),
@@ -70,16 +78,17 @@ class RelayMachine(RuleBasedStateMachine):
         fee = self.policy.fee(amount)
         inc = incoming(amount=max(1, amount + fee + extra - 100), cltv_expiry=self.relay.height + expiry,
                        htlc_id=htlc_id)
-        verdict, actions = self.relay.htlc_accepted(
+        answers = []
+        self.step(lambda: answers.append(self.relay.htlc_accepted(
             HASHES[i], inc, payload(rec, inc.amount_msat, inc.cltv_expiry),
-            inc.amount_msat, inc.cltv_expiry, PAYER)
-        self.step(actions)
+            inc.amount_msat, inc.cltv_expiry, PAYER)) or answers[0])
+        verdict, actions = answers[0]
         if isinstance(verdict, hold.Reject):
             assert not actions
 
     @rule(advance=st.integers(0, 40))
     def block(self, advance):
-        self.step(self.relay.block(self.relay.height + advance))
+        self.step(lambda: self.relay.block(self.relay.height + advance))
 
     @rule(i=hash_index, extra_delay=st.integers(-5, 200), fee=st.integers(0, 3000),
           via=st.booleans())
@@ -92,22 +101,22 @@ class RelayMachine(RuleBasedStateMachine):
             route = [{"id": "02" + "cc" * 32, "channel": "1x1x1",
                       "amount_msat": held.record.amount_msat + fee,
                       "delay": route[0]["delay"] + 6}] + route
-        self.step(self.relay.route_found(HASHES[i], route))
+        self.step(lambda: self.relay.route_found(HASHES[i], route))
 
     @rule(i=hash_index)
     def route_failed(self, i):
-        self.step(self.relay.route_failed(HASHES[i], "no route"))
+        self.step(lambda: self.relay.route_failed(HASHES[i], "no route"))
 
     @rule(i=hash_index, refused=st.sampled_from([None, RECIPIENT, PAYER]))
     def attempt_failed(self, i, refused):
-        self.step(self.relay.attempt_failed(HASHES[i], "offline", refused), attempt_ended=HASHES[i])
+        self.step(lambda: self.relay.attempt_failed(HASHES[i], "offline", refused), attempt_ended=HASHES[i])
 
     @rule(i=hash_index, right=st.booleans())
     def attempt_succeeded(self, i, right):
         held = self.relay.held.get(HASHES[i])
         in_flight = held is not None and held.state in (hold.FORWARDING, hold.HELD)
         preimage = PREIMAGES[i] if right else bytes(32)
-        actions = self.step(self.relay.attempt_succeeded(HASHES[i], preimage.hex()),
+        actions = self.step(lambda: self.relay.attempt_succeeded(HASHES[i], preimage.hex()),
                             attempt_ended=HASHES[i])
         if right and in_flight:
             assert hold.ResolveIncoming(HASHES[i], preimage.hex()) in actions, \
@@ -115,12 +124,12 @@ class RelayMachine(RuleBasedStateMachine):
 
     @rule()
     def peer_online(self):
-        self.step(self.relay.peer_online(RECIPIENT))
+        self.step(lambda: self.relay.peer_online(RECIPIENT))
 
     @rule(i=hash_index)
     def cancel(self, i):
         try:
-            self.step(self.relay.cancel(HASHES[i]))
+            self.step(lambda: self.relay.cancel(HASHES[i]))
         except hold.RelayError:
             pass
 
@@ -133,12 +142,12 @@ class RelayMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def replay(self, data):
         held = data.draw(st.sampled_from(sorted(self.relay.held.values(), key=lambda h: h.payment_hash)))
-        verdict, actions = self.relay.htlc_accepted(
+        answers = []
+        self.step(lambda: answers.append(self.relay.htlc_accepted(
             held.payment_hash, held.incoming,
             payload(held.record, held.incoming.amount_msat, held.incoming.cltv_expiry),
-            held.incoming.amount_msat, held.incoming.cltv_expiry, held.payer)
-        assert isinstance(verdict, hold.Hold)
-        self.step(actions)
+            held.incoming.amount_msat, held.incoming.cltv_expiry, held.payer)) or answers[0])
+        assert isinstance(answers[0][0], hold.Hold)
 
     @invariant()
     def deadlines_hold(self):
