@@ -14,14 +14,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pyln.client import Plugin, RpcError, RpcException  # noqa: E402
+from pyln.client.plugin import RequestState  # noqa: E402
 
 from asyncln import __version__, failures, hold, messages, payer  # noqa: E402
 from asyncln.features import FEATURE_BIT, feature_hex, has_feature  # noqa: E402
 from asyncln.policy import Policy  # noqa: E402
+from asyncln.record import find_record  # noqa: E402
 from asyncln.store import Store  # noqa: E402
 from asyncln.wire import DecodeError  # noqa: E402
 
 CONTINUE = {"result": "continue"}
+FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
 ROUTE_LAYERS = ["auto.localchans", "auto.sourcefree"]
 # How long to wait for a reconnected peer's channel to be usable.
 PEER_READY_SECONDS = 60
@@ -80,6 +83,8 @@ class Node:
                 route = self.find_route(action)
             except RpcError as e:
                 return relay.route_failed(action.payment_hash, _rpc_message(e))
+            except (KeyError, IndexError, ValueError) as e:
+                return relay.route_failed(action.payment_hash, f"unusable getroutes answer: {e!r}")
             return relay.route_found(action.payment_hash, route)
         elif isinstance(action, hold.SendPay):
             try:
@@ -87,10 +92,11 @@ class Node:
                     "route": list(action.route), "payment_hash": action.payment_hash,
                     "payment_secret": action.payment_secret, "amount_msat": action.total_msat,
                     "label": "asyncln-relay"})
-            except RpcError as e:
+            except Exception as e:
                 # Believe lightningd's records, not the error: only when no part
                 # of this payment is pending has the attempt really failed.
-                return self.check_attempt(action.payment_hash, _rpc_message(e))
+                message = _rpc_message(e) if isinstance(e, RpcError) else repr(e)
+                return self.check_attempt(action.payment_hash, message)
             if result.get("status") == "complete":
                 return relay.attempt_succeeded(action.payment_hash, result["payment_preimage"])
             plugin.log(f"forwarding held payment {action.payment_hash}")
@@ -285,30 +291,57 @@ def on_htlc_accepted(onion, htlc, request, plugin, peer_id=None, **kwargs):
     if "short_channel_id" in onion or "next_node_id" in onion:
         request.set_result(CONTINUE)  # a forward: our record only rides final-hop payloads
         return
-    with LOCK:
-        incoming = hold.Incoming(channel=htlc["short_channel_id"], htlc_id=int(htlc["id"]),
-                                 amount_msat=_msat(htlc["amount_msat"]),
-                                 cltv_expiry=int(htlc["cltv_expiry"]))
-        verdict, actions = NODE.relay.htlc_accepted(
-            htlc["payment_hash"], incoming, bytes.fromhex(onion["payload"]),
-            _msat(onion.get("forward_msat", 0)), int(onion.get("outgoing_cltv_value", 0)), peer_id)
-        if isinstance(verdict, hold.Continue):
-            request.set_result(CONTINUE)
-        elif isinstance(verdict, hold.Reject):
-            plugin.log(f"rejecting asyncln HTLC {htlc['payment_hash']}: {verdict.reason}", level="info")
-            request.set_result({"result": "fail", "failure_message": verdict.failure_message})
-        else:
-            NODE.pending[htlc["payment_hash"]] = request
-            NODE.run(actions)
+    payment_hash = htlc.get("payment_hash")
+    try:
+        with LOCK:
+            decide_htlc(onion, htlc, request, peer_id)
+    except Exception as e:
+        # lightningd treats an error answer to this hook as fatal: always answer.
+        plugin.log(f"internal error on HTLC {payment_hash}: {e!r}", level="warn")
+        if request.state == RequestState.PENDING and NODE.pending.get(payment_hash) is not request:
+            request.set_result(FAIL_TEMPORARY if _carries_record(onion) else CONTINUE)
+
+
+def decide_htlc(onion, htlc, request, peer_id):
+    incoming = hold.Incoming(channel=htlc["short_channel_id"], htlc_id=int(htlc["id"]),
+                             amount_msat=_msat(htlc["amount_msat"]),
+                             cltv_expiry=int(htlc["cltv_expiry"]))
+    verdict, actions = NODE.relay.htlc_accepted(
+        htlc["payment_hash"], incoming, bytes.fromhex(onion["payload"]),
+        _msat(onion.get("forward_msat", 0)), int(onion.get("outgoing_cltv_value", 0)), peer_id)
+    if isinstance(verdict, hold.Continue):
+        request.set_result(CONTINUE)
+    elif isinstance(verdict, hold.Reject):
+        plugin.log(f"rejecting asyncln HTLC {htlc['payment_hash']}: {verdict.reason}", level="info")
+        request.set_result({"result": "fail", "failure_message": verdict.failure_message})
+    else:
+        NODE.pending[htlc["payment_hash"]] = request
+        NODE.run(actions)
+
+
+def _carries_record(onion) -> bool:
+    try:
+        return find_record(bytes.fromhex(onion["payload"])) is not None
+    except (DecodeError, KeyError, ValueError):
+        return False
 
 
 @plugin.hook("custommsg")
 def on_custommsg(peer_id, payload, plugin, **kwargs):
     try:
+        handle_custommsg(peer_id, payload)
+    except Exception as e:
+        # As for htlc_accepted, an error answer would stop lightningd.
+        plugin.log(f"internal error on a message from {peer_id}: {e!r}", level="warn")
+    return CONTINUE
+
+
+def handle_custommsg(peer_id, payload):
+    try:
         msg = messages.decode(payload)
     except DecodeError as e:
         plugin.log(f"ignoring malformed asyncln message from {peer_id}: {e}", level="info")
-        return CONTINUE
+        return
     with LOCK:
         if isinstance(msg, messages.QueryInfo):
             NODE.send(peer_id, NODE.relay.policy)
@@ -323,7 +356,6 @@ def on_custommsg(peer_id, payload, plugin, **kwargs):
                 NODE.save_pay(updated)
             else:
                 plugin.log(f"ignoring status for {msg.payment_hash} from {peer_id}", level="info")
-    return CONTINUE
 
 
 # --- notifications ------------------------------------------------------------

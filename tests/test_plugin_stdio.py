@@ -147,3 +147,25 @@ def test_online_message_from_the_recipient_retries_at_once(node):
     plugin.request("custommsg", {"peer_id": RECIPIENT, "payload": messages.encode(messages.Online())})
     wait_for(lambda: len(rpc.called("getroutes")) == tries + 1)
     assert rpc.called("getroutes")[-1]["destination"] == RECIPIENT
+
+
+def test_internal_errors_still_answer_the_hook(node):
+    plugin, rpc = started(node)
+    broken = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500)
+    broken["htlc"]["id"] = "not a number"
+    answer = plugin.request("htlc_accepted", broken)["result"]
+    assert answer == {"result": "fail", "failure_message": "2002"}
+    plain = htlc_params(PAYMENT_HASH, "0802020102040203e8", 258, 1500)
+    plain["htlc"]["cltv_expiry"] = None
+    assert plugin.request("htlc_accepted", plain)["result"] == {"result": "continue"}
+    assert any("internal error on HTLC" in line for line in plugin.logs)
+
+
+def test_unusable_route_answer_keeps_holding(node):
+    plugin, rpc = started(node)
+    rpc.handlers["getroutes"] = lambda params: {"routes": []}
+    hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500))
+    assert plugin.answered(hook) is None
+    held = plugin.request("asyncln-listheld", {})["result"]["held"][0]
+    assert held["state"] == "held" and "unusable getroutes answer" in held["last_error"]
+
