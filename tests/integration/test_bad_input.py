@@ -85,3 +85,18 @@ def test_flood_beyond_max_held_is_refused(node_factory, plugin_path):
     assert "TEMPORARY_NODE_FAILURE" in failed["reason"]
     assert held(s, second["payment_hash"]) is None
     s.daemon.wait_for_log("asyncln-max-held reached")
+
+
+def test_relay_off_neither_offers_nor_holds(node_factory, plugin_path):
+    a, s, b = node_factory.line_graph(
+        3, opts=[opts(plugin_path), opts(plugin_path, **{"asyncln-relay": False}), opts(plugin_path)],
+        wait_for_announce=True)
+    wait_for_terms(a, s)
+    inv = b.rpc.invoice(10_000, "relay-off", "relay off")
+    with pytest.raises(RpcError) as refused:
+        call(a, "asyncln-pay", invstring=inv["bolt11"], trampoline=s.info["id"])
+    assert refused.value.error["code"] == 2121
+    height = a.rpc.getinfo()["blockheight"]
+    payload_hex = FinalPayload(12_000, height + 201, record_to(b, 10_000)).encode().hex()
+    assert send_raw(a, s, payload_hex, 12_000, 200) == failures.PERM | 15  # lightningd: unknown payment
+    assert call(s, "asyncln-listheld")["held"] == []
