@@ -383,8 +383,9 @@ def on_sendpay_success(plugin, **kwargs):
     with LOCK:
         NODE.run(NODE.relay.attempt_succeeded(payment_hash, preimage))
         pay = NODE.pays.get(payment_hash)
-        if pay and payer.on_success(pay, preimage):
-            NODE.save_pay(payer.on_success(pay, preimage))
+        updated = pay and payer.on_success(pay, preimage)
+        if updated:
+            NODE.save_pay(updated)
 
 
 @plugin.subscribe("sendpay_failure")
