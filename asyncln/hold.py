@@ -1,38 +1,46 @@
 """The holding node's state machine: events in, actions out, no I/O.
 
-One :class:`HeldPayment` per payment hash. The shell (plugin.py) feeds it
-hook calls, blocks, peer arrivals, route answers and payment outcomes, then
-carries out the returned actions in order. Money rules live here and are
-property-tested in tests/test_hold_properties.py:
+One :class:`HeldPayment` per payment hash. The shell feeds it hook calls,
+blocks, chain sync, peer arrivals, route answers, payment outcomes and the
+failures of its own actions, then carries out the returned actions in
+order. Money rules live here and are property-tested in
+tests/test_hold_properties.py:
 
-* an incoming HTLC is never failed while an outgoing attempt is in flight;
+* an incoming HTLC is never failed while an outgoing attempt may succeed
+  (FORWARDING -> FAILED is not in the transition table);
 * a known preimage resolves the incoming HTLC in the same step;
 * a held HTLC is failed back once the height reaches ``give_up_height``,
   which is never later than ``cltv_expiry - safety_blocks``;
-* an outgoing attempt only starts with enough CLTV and fee margin.
+* an outgoing attempt only starts with enough CLTV and fee margin, while
+  lightningd is synced, and ``SendPay.max_height`` lets the shell re-check
+  the height lightningd will use just before sending;
+* a replayed HTLC is recognised by what lightningd keeps for it (peer,
+  HTLC id, amount, expiry, onion shared secret), not by the channel's
+  scid, which changes when a zero-conf channel confirms or is spliced.
 
-Every state change is emitted as :class:`Persist` *before* the action that
-depends on it, so a crash between the two leaves a record that errs safe.
+Each state change is emitted as :class:`Persist` *before* the action that
+depends on it. An action the shell could not carry out comes back through
+:meth:`Relay.action_failed`, and :meth:`Relay.reconcile` re-issues whatever
+is still owed, so one failed RPC never strands a payment.
 """
 
 import hashlib
+import heapq
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Set, Tuple, Union, assert_never
 
 from . import failures
+from .errors import AsynclnError, Code
+from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
 from .record import RECORD_TYPE, TrampolineRecord, find_record
+from .states import HOLD_MOVES, HOLD_OPEN, HoldState, move
 from .wire import DecodeError
 
-HELD = "held"
-FORWARDING = "forwarding"
-COMPLETE = "complete"
-FAILED = "failed"
-TERMINAL = (COMPLETE, FAILED)
-
-# lightningd sets an outgoing HTLC's expiry from (its block height + 1), and
-# it may have processed a block whose notification we have not seen yet: our
-# CLTV checks assume the expiry base is two blocks above our height.
+# lightningd sets an outgoing HTLC's expiry from (its network height + 1),
+# and may have seen a block whose notification we have not: our CLTV checks
+# assume the expiry base is two blocks above our height.
 HEIGHT_SLACK = 2
 
 
@@ -40,10 +48,21 @@ HEIGHT_SLACK = 2
 class Incoming:
     """The HTLC offered to us, as the htlc_accepted hook reports it."""
 
-    channel: str
+    channel: str                         # scid or local alias: shown, never matched on
     htlc_id: int
     amount_msat: int
     cltv_expiry: int
+    peer: Optional[str] = None           # the channel's peer: stable across scid changes
+    shared_secret: Optional[str] = None  # the onion's shared secret: the same on every replay
+
+    def same_htlc(self, other: "Incoming") -> bool:
+        """True for a replay of this HTLC, even if its channel's scid changed."""
+        if self.shared_secret is None or other.shared_secret is None:
+            # A record written before version 0.2 kept only the channel.
+            return (self.channel, self.htlc_id) == (other.channel, other.htlc_id)
+        return (self.shared_secret, self.peer, self.htlc_id, self.amount_msat,
+                self.cltv_expiry) == (other.shared_secret, other.peer, other.htlc_id,
+                                      other.amount_msat, other.cltv_expiry)
 
 
 @dataclass(frozen=True)
@@ -51,29 +70,36 @@ class HeldPayment:
     payment_hash: str
     incoming: Incoming
     record: TrampolineRecord
-    payer: Optional[str]
     hold_start: int
     give_up_height: int
     next_poll_height: int
-    attempts: int = 0
-    state: str = HELD
+    attempts: int = 0          # delivery tries, route searches included
+    partid: int = 0            # sendpay partid of the latest outgoing attempt
+    state: HoldState = HoldState.HELD
     last_error: Optional[str] = None
     preimage: Optional[str] = None
     failure_message: Optional[str] = None
-    # Whether lightningd is waiting on our hook answer for this HTLC now.
-    # Not persisted: after a restart only a replayed hook re-attaches it.
+    # Whether lightningd waits on our hook answer for this HTLC. Not
+    # persisted: after a restart only a replayed hook re-attaches it.
     attached: bool = field(default=True, compare=False)
+
+    @property
+    def payer(self) -> Optional[str]:
+        return self.record.report_to
 
     def to_json(self) -> dict:
         data = asdict(self)
         del data["attached"]
+        data["state"] = self.state.value
         return data
 
     @classmethod
     def from_json(cls, data: dict) -> "HeldPayment":
         data = dict(data)
+        data.pop("payer", None)  # version 0.1 reported to the previous hop; no longer
         data["incoming"] = Incoming(**data["incoming"])
         data["record"] = TrampolineRecord(**data["record"])
+        data["state"] = HoldState(data["state"])
         return cls(attached=False, **data)
 
 
@@ -104,6 +130,10 @@ Verdict = Union[Continue, Hold, Reject]
 class Persist:
     held: HeldPayment
 
+    @property
+    def payment_hash(self) -> str:
+        return self.held.payment_hash
+
 
 @dataclass(frozen=True)
 class Forget:
@@ -122,17 +152,22 @@ class FindRoute:
 
 @dataclass(frozen=True)
 class SendPay:
+    """Send attempt ``partid``; the shell first checks lightningd's height is <= ``max_height``."""
+
     payment_hash: str
+    partid: int
     route: Tuple[dict, ...]
     payment_secret: str
     total_msat: int
+    max_height: int
 
 
 @dataclass(frozen=True)
 class CheckAttempt:
-    """After a restart: ask lightningd what became of the in-flight attempt."""
+    """Ask lightningd what became of attempt ``partid`` (restart, reconcile, sendpay error)."""
 
     payment_hash: str
+    partid: int
 
 
 @dataclass(frozen=True)
@@ -152,7 +187,7 @@ class FailIncoming:
 class NotifyPayer:
     payer: str
     payment_hash: str
-    state: str
+    state: HoldState
     give_up_height: int
     next_poll_height: int
     attempts: int
@@ -162,40 +197,55 @@ class NotifyPayer:
 Action = Union[Persist, Forget, FindRoute, SendPay, CheckAttempt,
                ResolveIncoming, FailIncoming, NotifyPayer]
 
-
-class RelayError(Exception):
-    """An operator request the state machine refuses; carries an RPC code."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-UNKNOWN_PAYMENT = 2101
-ATTEMPT_IN_FLIGHT = 2102
-ALREADY_RESOLVED = 2103
+TERMINAL = (HoldState.COMPLETE, HoldState.FAILED)
+GAVE_UP = "recipient stayed offline until the hold deadline"
+LOST = "lightningd kept the attempt pending with no HTLC behind it"
 
 
 class Relay:
     """All payments this node holds for others."""
 
-    def __init__(self, policy: Policy, height: int, held: Iterable[HeldPayment] = ()):
+    def __init__(self, policy: Policy, height: int, held: Iterable[HeldPayment] = (),
+                 synced: bool = True, accept_new: bool = True):
         self.policy = policy
         self.height = height
-        self.held: Dict[str, HeldPayment] = {h.payment_hash: h for h in held}
+        self.synced = synced          # lightningd reports it is caught up with bitcoind
+        self.accept_new = accept_new  # False when the operator's options were refused
+        self.held: Dict[str, HeldPayment] = {}
+        self.unsaved: Set[str] = set()      # a Persist failed: write again on reconcile
+        self.unanswered: Set[str] = set()   # an answer to lightningd failed: answer again
+        self.forwarding: Set[str] = set()
+        self.searching: Set[str] = set()    # a FindRoute is out
+        self.probes: Dict[str, str] = {}    # next node -> the one payment searching for it
+        self.followers: Dict[str, Set[str]] = defaultdict(set)
+        self.lost_since: Dict[str, int] = {}
+        self.by_node: Dict[str, Set[str]] = defaultdict(set)
+        self.active_count = 0
+        self.active_msat = 0
+        self.peer_count: Dict[Optional[str], int] = defaultdict(int)
+        self.peer_msat: Dict[Optional[str], int] = defaultdict(int)
+        self._due: List[Tuple[int, str]] = []
+        for h in held:
+            self._put(h)
 
     # --- events -----------------------------------------------------------
 
     def htlc_accepted(self, payment_hash: str, incoming: Incoming, payload: bytes,
                       forward_msat: int, outgoing_cltv: int,
-                      payer: Optional[str]) -> Tuple[Verdict, List[Action]]:
-        """A (possibly replayed) htlc_accepted hook call."""
+                      tip_height: Optional[int] = None) -> Tuple[Verdict, List[Action]]:
+        """A (possibly replayed) htlc_accepted hook call.
+
+        ``tip_height`` is lightningd's height when it called the hook
+        (``cltv_expiry - cltv_expiry_relative``).
+        """
+        if tip_height is not None:
+            self.height = max(self.height, tip_height)
         try:
             found = find_record(payload)
         except DecodeError as e:
             return Reject(failures.invalid_onion_payload(e.tlv_type, e.offset),
                           f"malformed onion payload: {e}"), []
-        if found is None or not self.policy.relay:
+        if found is None:
             return Continue(), []
         offset, raw = found
         try:
@@ -205,15 +255,16 @@ class Relay:
                           f"malformed asyncln record: {e}"), []
 
         existing = self.held.get(payment_hash)
-        if existing is not None and _same_htlc(existing.incoming, incoming):
-            return self._reattach(existing)
-        if existing is not None and existing.state != FAILED:
+        if existing is not None and not existing.attached and existing.incoming.same_htlc(incoming):
+            return self._reattach(existing, incoming)
+        if not self.policy.relay:
+            return Continue(), []
+        if existing is not None and (existing.state != HoldState.FAILED or existing.attached):
             # A completed record must outlive its HTLC: lightningd may replay
             # that HTLC after a restart and must get the preimage again.
             return Reject(failures.temporary_node_failure(),
-                          f"another HTLC with this payment hash is already {existing.state}"), []
-
-        rejection = self._admission_error(incoming, record, forward_msat, outgoing_cltv)
+                          f"another HTLC with this payment hash is already {existing.state.value}"), []
+        rejection = self._admission_error(incoming, record, offset, forward_msat, outgoing_cltv)
         if rejection is not None:
             return rejection, []
 
@@ -222,32 +273,45 @@ class Relay:
             hold_limit = min(hold_limit, record.max_hold_blocks)
         hold_limit = max(hold_limit, 1)  # a zero hold still gets its first attempt
         held = HeldPayment(
-            payment_hash=payment_hash, incoming=incoming, record=record, payer=payer,
+            payment_hash=payment_hash, incoming=incoming, record=record,
             hold_start=self.height,
             give_up_height=min(self.height + hold_limit, self._last_forward_bound(incoming, record)),
             next_poll_height=self.height)
-        self.held[payment_hash] = held
+        self._put(held)
         return Hold(), [Persist(held)] + self._try(held)
 
+    def chain(self, height: int, synced: bool) -> List[Action]:
+        """lightningd's height and whether it says it is synced (getinfo's warnings)."""
+        self.synced = synced
+        return self.block(height)
+
     def block(self, height: int) -> List[Action]:
+        """Wake only the payments due by now: the cost is in what is due, not in what is held."""
         self.height = max(self.height, height)
         actions: List[Action] = []
-        for held in list(self.held.values()):
-            if held.state in TERMINAL:
-                if self.height > held.incoming.cltv_expiry:
-                    del self.held[held.payment_hash]
-                    actions.append(Forget(held.payment_hash))
-            elif held.state == HELD:
-                if self.height >= held.give_up_height:
-                    actions += self._fail(held, "recipient stayed offline until the hold deadline")
-                elif self.height >= held.next_poll_height:
-                    actions += self._try(held)
+        woken: Set[str] = set()
+        while self._due and self._due[0][0] <= self.height:
+            _, payment_hash = heapq.heappop(self._due)
+            held = self.held.get(payment_hash)
+            if payment_hash in woken or held is None:
+                continue
+            wake = self._wake_height(held)
+            if wake is None or wake > self.height:
+                continue  # a stale entry: the record's current one is queued too
+            woken.add(payment_hash)
+            actions += self._wake(held)
+        for payment_hash in woken:
+            held = self.held.get(payment_hash)
+            wake = held and self._wake_height(held)
+            if wake is not None:
+                heapq.heappush(self._due, (max(wake, self.height + 1), payment_hash))
         return actions
 
     def peer_online(self, node_id: str) -> List[Action]:
         actions: List[Action] = []
-        for held in list(self.held.values()):
-            if held.record.next_node == node_id and held.state == HELD:
+        for payment_hash in sorted(self.by_node.get(node_id, ())):
+            held = self.held[payment_hash]
+            if held.state == HoldState.HELD:
                 actions += self._try(held)
         return actions
 
@@ -256,61 +320,155 @@ class Relay:
         targets = [self._get(payment_hash)] if payment_hash else list(self.held.values())
         actions: List[Action] = []
         for held in targets:
-            if held.state == HELD:
+            if held.state == HoldState.HELD:
                 actions += self._try(held)
         return actions
 
-    def cancel(self, payment_hash: str) -> List[Action]:
+    def cancel(self, payment_hash: str, reason: str = "cancelled by the holding node's operator"
+               ) -> List[Action]:
         held = self._get(payment_hash)
-        if held.state == FORWARDING:
-            raise RelayError("an outgoing attempt is in flight; it must end first",
-                             ATTEMPT_IN_FLIGHT)
+        if held.state == HoldState.FORWARDING:
+            raise AsynclnError("an outgoing attempt is in flight; it must end first",
+                               Code.ATTEMPT_IN_FLIGHT)
         if held.state in TERMINAL:
-            raise RelayError(f"payment is already {held.state}", ALREADY_RESOLVED)
-        return self._fail(held, "cancelled by the holding node's operator")
+            raise AsynclnError(f"payment is already {held.state.value}", Code.ALREADY_RESOLVED)
+        return self._fail(held, reason)
 
     def route_found(self, payment_hash: str, route: List[dict]) -> List[Action]:
+        if payment_hash not in self.searching:
+            return []  # an answer nobody waits for (a restart came between)
+        actions = self._end_search(payment_hash, None)
         held = self.held.get(payment_hash)
         if held is None or not self._may_start(held):
-            return []
+            return actions
         problem = self._route_problem(held, route)
         if problem is not None:
-            return self._attempt_failed(held, problem)
-        held = self._update(held, state=FORWARDING, last_error=None)
-        return [Persist(held),
-                SendPay(payment_hash, tuple(route), held.record.payment_secret,
-                        held.record.total_msat)]
+            return actions + self._attempt_failed(held, problem)
+        held = self._put(held, state=HoldState.FORWARDING, last_error=None, partid=held.partid + 1)
+        max_height = (held.incoming.cltv_expiry - self.policy.safety_blocks
+                      - route[0]["delay"] - 1)
+        return actions + [Persist(held),
+                          SendPay(payment_hash, held.partid, tuple(route),
+                                  held.record.payment_secret, held.record.total_msat,
+                                  max_height)]
 
     def route_failed(self, payment_hash: str, error: str) -> List[Action]:
-        held = self.held.get(payment_hash)
-        if held is None or held.state != HELD:
+        if payment_hash not in self.searching:
             return []
-        return self._attempt_failed(held, f"no route: {error}")
+        actions = self._end_search(payment_hash, error)
+        held = self.held.get(payment_hash)
+        if held is None or held.state != HoldState.HELD:
+            return actions
+        return actions + self._attempt_failed(held, f"no route: {error}")
 
-    def attempt_failed(self, payment_hash: str, error: str,
+    def send_refused(self, payment_hash: str, partid: int, reason: str) -> List[Action]:
+        """The shell did not send attempt ``partid``: lightningd's height or sync forbade it."""
+        held = self.held.get(payment_hash)
+        if held is None or held.state != HoldState.FORWARDING or held.partid != partid:
+            return []
+        held = self._put(held, state=HoldState.HELD, last_error=reason,
+                         next_poll_height=self.height + 1)
+        return [Persist(held)]
+
+    def attempt_failed(self, payment_hash: str, partid: Optional[int], error: str,
                        refused_by: Optional[str] = None) -> List[Action]:
-        """An outgoing attempt ended without a preimage.
+        """Outgoing attempt ``partid`` ended without a preimage.
 
+        A failure of any other attempt is stale and changes nothing.
         ``refused_by`` names the node that sent a permanent failure; when that
         is the recipient itself (say, an unknown payment secret), waiting for
         it to come back cannot help, so the HTLC is failed back at once.
         """
         held = self.held.get(payment_hash)
-        if held is None or held.state != FORWARDING:
+        if held is None or held.state != HoldState.FORWARDING or (partid or 0) != held.partid:
             return []
+        self.lost_since.pop(payment_hash, None)
         if refused_by == held.record.next_node:
-            held = self._update(held, state=HELD)
+            held = self._put(held, state=HoldState.HELD)
             return self._fail(held, f"recipient refused the payment: {error}")
         return self._attempt_failed(held, error)
 
     def attempt_succeeded(self, payment_hash: str, preimage: str) -> List[Action]:
+        """A preimage from any attempt: proof of payment, so resolve now."""
         held = self.held.get(payment_hash)
         if held is None or held.state in TERMINAL:
             return []
         if hashlib.sha256(bytes.fromhex(preimage)).hexdigest() != payment_hash:
             return []
-        held = self._update(held, state=COMPLETE, preimage=preimage, last_error=None)
-        return [Persist(held), ResolveIncoming(payment_hash, preimage)]
+        self.lost_since.pop(payment_hash, None)
+        held = self._put(held, state=HoldState.COMPLETE, preimage=preimage, last_error=None)
+        return [Persist(held)] + self._answer(held)
+
+    def attempt_checked(self, payment_hash: str, partid: int, outcome: Outcome) -> List[Action]:
+        """lightningd's records judged (see lightningd.judge_attempt)."""
+        match outcome:
+            case Succeeded(preimage=preimage):
+                return self.attempt_succeeded(payment_hash, preimage)
+            case Failed(reason=reason):
+                return self.attempt_failed(payment_hash, partid, reason)
+            case InFlight():
+                self.lost_since.pop(payment_hash, None)
+                return []
+            case Lost():
+                # Only after a later block: a sendpay racing this check has its HTLC by then.
+                first = self.lost_since.setdefault(payment_hash, self.height)
+                if self.height > first:
+                    return self.attempt_failed(payment_hash, partid, LOST)
+                return []
+            case _:
+                assert_never(outcome)
+
+    def may_send(self, payment_hash: str, partid: int) -> bool:
+        """The shell asks just before ``sendpay``: is attempt ``partid`` still the one to send?"""
+        held = self.held.get(payment_hash)
+        return held is not None and held.state == HoldState.FORWARDING and held.partid == partid
+
+    def action_failed(self, action: Action, error: str) -> List[Action]:
+        """The shell could not carry out ``action``: stay correct, and say what to do instead."""
+        match action:
+            case Persist(held=held):
+                self.unsaved.add(held.payment_hash)
+                current = self.held.get(held.payment_hash)
+                if (current is not None and current.state == HoldState.FORWARDING
+                        and held.state == HoldState.FORWARDING and current.partid == held.partid):
+                    # Never send an attempt a restart would not know about.
+                    self._put(current, state=HoldState.HELD, next_poll_height=self.height + 1,
+                              last_error=f"could not save the attempt: {error}")
+                return []
+            case Forget():
+                return []  # the record reloads after a restart and is forgotten again
+            case FindRoute(payment_hash=payment_hash):
+                return self.route_failed(payment_hash, f"route search failed: {error}")
+            case SendPay(payment_hash=payment_hash, partid=partid):
+                return [CheckAttempt(payment_hash, partid)]
+            case CheckAttempt():
+                return []  # still forwarding; reconcile asks again
+            case ResolveIncoming(payment_hash=payment_hash) | FailIncoming(payment_hash=payment_hash):
+                held = self.held.get(payment_hash)
+                if held is not None:
+                    self._put(held, attached=True)
+                    self.unanswered.add(payment_hash)
+                return []
+            case NotifyPayer():
+                return []  # informative only
+            case _:
+                assert_never(action)
+
+    def reconcile(self) -> List[Action]:
+        """Re-issue what is owed: unsaved records, unanswered HTLCs, unsettled attempts."""
+        actions: List[Action] = []
+        for payment_hash in sorted(self.unsaved):
+            if payment_hash in self.held:
+                actions.append(Persist(self.held[payment_hash]))
+        self.unsaved.clear()
+        for payment_hash in sorted(self.unanswered):
+            held = self.held.get(payment_hash)
+            if held is not None and held.attached and held.state in TERMINAL:
+                actions += self._answer(held)
+        self.unanswered.clear()
+        for payment_hash in sorted(self.forwarding):
+            actions.append(CheckAttempt(payment_hash, self.held[payment_hash].partid))
+        return actions
 
     # --- internals --------------------------------------------------------
 
@@ -318,65 +476,175 @@ class Relay:
         try:
             return self.held[payment_hash]
         except KeyError:
-            raise RelayError(f"no held payment with hash {payment_hash}", UNKNOWN_PAYMENT)
+            raise AsynclnError(f"no held payment with hash {payment_hash}", Code.UNKNOWN_PAYMENT)
 
-    def _update(self, held: HeldPayment, **changes) -> HeldPayment:
-        held = replace(held, **changes)
+    def _put(self, held: HeldPayment, **changes) -> HeldPayment:
+        """Store ``held`` with ``changes``: the one place states move and running totals change."""
+        old = self.held.get(held.payment_hash)
+        if changes:
+            if "state" in changes:
+                move(HOLD_MOVES, held.state, changes["state"])
+            held = replace(held, **changes)
+        if old is not None:
+            self._count(old, -1)
+        self._count(held, +1)
         self.held[held.payment_hash] = held
+        wake = self._wake_height(held)
+        if wake is not None and (old is None or wake != self._wake_height(old)
+                                 or old.state != held.state):
+            heapq.heappush(self._due, (wake, held.payment_hash))
         return held
+
+    def _count(self, held: HeldPayment, sign: int) -> None:
+        payment_hash, node = held.payment_hash, held.record.next_node
+        if held.state in HOLD_OPEN:
+            peer = held.incoming.peer
+            self.active_count += sign
+            self.active_msat += sign * held.incoming.amount_msat
+            self.peer_count[peer] += sign
+            self.peer_msat[peer] += sign * held.incoming.amount_msat
+            if sign > 0:
+                self.by_node[node].add(payment_hash)
+            else:
+                self.by_node[node].discard(payment_hash)
+                if not self.by_node[node]:
+                    del self.by_node[node]
+        if held.state == HoldState.FORWARDING:
+            (self.forwarding.add if sign > 0 else self.forwarding.discard)(payment_hash)
+
+    def _forget(self, held: HeldPayment) -> List[Action]:
+        self._count(held, -1)
+        del self.held[held.payment_hash]
+        for names in (self.unsaved, self.unanswered, self.searching):
+            names.discard(held.payment_hash)
+        return [Forget(held.payment_hash)]
+
+    def _wake_height(self, held: HeldPayment) -> Optional[int]:
+        if held.state in TERMINAL:
+            return held.incoming.cltv_expiry + 1  # forget once lightningd cannot replay it
+        if held.state == HoldState.FORWARDING:
+            return None  # the attempt's outcome, or reconcile, moves it on
+        if not held.attached:
+            return held.give_up_height
+        return min(held.next_poll_height, held.give_up_height)
+
+    def _wake(self, held: HeldPayment) -> List[Action]:
+        if held.state in TERMINAL:
+            return self._forget(held)
+        if self.height >= held.give_up_height:
+            return self._fail(held, GAVE_UP)
+        return self._try(held)
 
     def _last_forward_bound(self, incoming: Incoming, record: TrampolineRecord) -> int:
         """First height at which even a direct forward lacks CLTV margin."""
         return (incoming.cltv_expiry - self.policy.safety_blocks
                 - record.final_cltv_delta - HEIGHT_SLACK + 1)
 
-    def _admission_error(self, incoming: Incoming, record: TrampolineRecord,
+    def _admission_error(self, incoming: Incoming, record: TrampolineRecord, offset: int,
                          forward_msat: int, outgoing_cltv: int) -> Optional[Reject]:
+        """O(1): running totals, never a sum over what is held."""
+        policy = self.policy
         if incoming.amount_msat < forward_msat:
             return Reject(failures.final_incorrect_htlc_amount(incoming.amount_msat),
                           "HTLC carries less than the onion says")
         if incoming.cltv_expiry < outgoing_cltv:
             return Reject(failures.final_incorrect_cltv_expiry(incoming.cltv_expiry),
                           "HTLC expiry is below the onion's outgoing_cltv_value")
-        if incoming.amount_msat < record.amount_msat + self.policy.fee(record.amount_msat):
+        if record.total_msat != record.amount_msat:
+            return Reject(failures.invalid_onion_payload(RECORD_TYPE, offset),
+                          "multi-part payments (total_msat above amount_msat) are not supported")
+        temporary = failures.temporary_node_failure()
+        if not self.accept_new:
+            return Reject(temporary, "not accepting new holds: the node's asyncln options were refused")
+        if not self.synced:
+            return Reject(temporary, "lightningd is still catching up with the chain")
+        if incoming.amount_msat < record.amount_msat + policy.fee(record.amount_msat):
             return Reject(failures.trampoline_fee_insufficient(),
                           "incoming amount does not cover amount plus fee")
         if self._last_forward_bound(incoming, record) <= self.height:
             return Reject(failures.trampoline_expiry_too_soon(),
                           "incoming expiry leaves no room to forward safely")
-        active = [h for h in self.held.values() if h.state not in TERMINAL]
-        if len(active) >= self.policy.max_held:
-            return Reject(failures.temporary_node_failure(), "asyncln-max-held reached")
-        if sum(h.incoming.amount_msat for h in active) + incoming.amount_msat > self.policy.max_held_msat:
-            return Reject(failures.temporary_node_failure(), "asyncln-max-held-msat reached")
+        if record.amount_msat < policy.min_held_msat:
+            return Reject(temporary, "amount below asyncln-min-held-msat")
+        if self.active_count >= policy.max_held:
+            return Reject(temporary, "asyncln-max-held reached")
+        if self.active_msat + incoming.amount_msat > policy.max_held_msat:
+            return Reject(temporary, "asyncln-max-held-msat reached")
+        if self.peer_count[incoming.peer] >= policy.max_held_per_peer:
+            return Reject(temporary, "asyncln-max-held-per-peer reached for this peer")
+        if self.peer_msat[incoming.peer] + incoming.amount_msat > policy.max_held_msat_per_peer:
+            return Reject(temporary, "asyncln-max-held-msat-per-peer reached for this peer")
         return None
 
-    def _reattach(self, held: HeldPayment) -> Tuple[Verdict, List[Action]]:
+    def _reattach(self, held: HeldPayment, incoming: Incoming) -> Tuple[Verdict, List[Action]]:
         """lightningd replayed the hook (restart): answer exactly as before."""
-        held = self._update(held, attached=True)
-        if held.state == COMPLETE:
-            return Hold(), [ResolveIncoming(held.payment_hash, held.preimage)]
-        if held.state == FAILED:
-            return Hold(), [FailIncoming(held.payment_hash, held.failure_message,
-                                         held.last_error or "failed before restart")]
-        if held.state == FORWARDING:
-            return Hold(), [CheckAttempt(held.payment_hash)]
-        if self.height >= held.give_up_height:
-            return Hold(), self._fail(held, "recipient stayed offline until the hold deadline")
-        return Hold(), self._try(held)
+        held = self._put(held, attached=True, incoming=replace(held.incoming, channel=incoming.channel))
+        match held.state:
+            case HoldState.COMPLETE | HoldState.FAILED:
+                return Hold(), self._answer(held)
+            case HoldState.FORWARDING:
+                return Hold(), [CheckAttempt(held.payment_hash, held.partid)]
+            case HoldState.HELD:
+                if self.height >= held.give_up_height:
+                    return Hold(), self._fail(held, GAVE_UP)
+                return Hold(), self._try(held)
+            case _:
+                assert_never(held.state)
+
+    def _answer(self, held: HeldPayment) -> List[Action]:
+        """The answer lightningd waits for; given once (action_failed re-arms it)."""
+        if not held.attached:
+            return []
+        self._put(held, attached=False)
+        if held.state == HoldState.COMPLETE:
+            return [ResolveIncoming(held.payment_hash, held.preimage)]
+        return [FailIncoming(held.payment_hash, held.failure_message,
+                             held.last_error or "failed before restart")]
 
     def _may_start(self, held: HeldPayment) -> bool:
-        return held.state == HELD and held.attached and self.height < held.give_up_height
+        return (held.state == HoldState.HELD and held.attached and self.synced
+                and self.height < held.give_up_height)
 
     def _try(self, held: HeldPayment) -> List[Action]:
-        if not self._may_start(held):
+        """One delivery try; while another payment searches for the same node, follow it."""
+        if not self._may_start(held) or held.payment_hash in self.searching:
             return []
-        held = self._update(held, attempts=held.attempts + 1)
+        node = held.record.next_node
+        held = self._put(held, attempts=held.attempts + 1,
+                         next_poll_height=self.height + self.policy.poll_blocks)
+        self.searching.add(held.payment_hash)
+        if node in self.probes:
+            self.followers[node].add(held.payment_hash)
+            return []
+        self.probes[node] = held.payment_hash
+        return [self._find_route(held)]
+
+    def _find_route(self, held: HeldPayment) -> FindRoute:
         record = held.record
         budget = held.incoming.amount_msat - record.amount_msat - self.policy.fee(record.amount_msat)
-        return [FindRoute(held.payment_hash, record.next_node, record.amount_msat,
-                          record.final_cltv_delta, maxfee_msat=budget,
-                          maxdelay=self._max_route_delay(held))]
+        return FindRoute(held.payment_hash, record.next_node, record.amount_msat,
+                         record.final_cltv_delta, maxfee_msat=budget,
+                         maxdelay=self._max_route_delay(held))
+
+    def _end_search(self, payment_hash: str, error: Optional[str]) -> List[Action]:
+        """A search ended; if it was its node's probe, its followers go now or fail with it."""
+        self.searching.discard(payment_hash)
+        node = next((n for n, probe in self.probes.items() if probe == payment_hash), None)
+        if node is None:
+            return []
+        del self.probes[node]
+        followers = sorted(self.followers.pop(node, ()))
+        actions: List[Action] = []
+        for follower in followers:
+            held = self.held.get(follower)
+            if held is None or not self._may_start(held):
+                self.searching.discard(follower)
+            elif error is None:
+                actions.append(self._find_route(held))  # the node is reachable: each finds its route
+            else:
+                self.searching.discard(follower)
+                actions += self._attempt_failed(held, f"no route: {error}")
+        return actions
 
     def _max_route_delay(self, held: HeldPayment) -> int:
         return (held.incoming.cltv_expiry - self.policy.safety_blocks
@@ -398,27 +666,26 @@ class Relay:
         return None
 
     def _attempt_failed(self, held: HeldPayment, error: str) -> List[Action]:
-        held = self._update(held, state=HELD, last_error=error,
-                            next_poll_height=self.height + self.policy.poll_blocks)
+        was = held.state
+        held = self._put(held, state=HoldState.HELD, last_error=error,
+                         next_poll_height=max(held.next_poll_height, self.height + 1))
         if not held.record.please_poll or self.height >= held.give_up_height:
             return self._fail(held, f"recipient unreachable: {error}")
-        actions: List[Action] = [Persist(held)]
-        if held.payer:
-            actions.append(NotifyPayer(held.payer, held.payment_hash, HELD, held.give_up_height,
-                                       held.next_poll_height, held.attempts, error))
+        actions: List[Action] = []
+        if was == HoldState.FORWARDING:
+            actions.append(Persist(held))  # a restart must not re-check a finished attempt
+        if held.payer and (held.attempts == 1 or was == HoldState.FORWARDING):
+            actions.append(self._notify(held, error))
         return actions
+
+    def _notify(self, held: HeldPayment, reason: str) -> NotifyPayer:
+        return NotifyPayer(held.payer, held.payment_hash, held.state, held.give_up_height,
+                           held.next_poll_height, held.attempts, reason)
 
     def _fail(self, held: HeldPayment, reason: str) -> List[Action]:
-        assert held.state == HELD, "never fail while an attempt is in flight"
-        message = failures.temporary_node_failure()
-        held = self._update(held, state=FAILED, failure_message=message, last_error=reason)
+        held = self._put(held, state=HoldState.FAILED,
+                         failure_message=failures.temporary_node_failure(), last_error=reason)
         actions: List[Action] = [Persist(held)]
         if held.payer:
-            actions.append(NotifyPayer(held.payer, held.payment_hash, FAILED, held.give_up_height,
-                                       held.next_poll_height, held.attempts, reason))
-        actions.append(FailIncoming(held.payment_hash, message, reason))
-        return actions
-
-
-def _same_htlc(a: Incoming, b: Incoming) -> bool:
-    return a.channel == b.channel and a.htlc_id == b.htlc_id
+            actions.append(self._notify(held, reason))
+        return actions + self._answer(held)

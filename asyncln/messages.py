@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from .policy import Policy
+from .states import HoldState
 from .wire import DecodeError, decode_tlv_stream, decode_tu, encode_tlv_stream, encode_tu
 
 QUERY_INFO = 44701
@@ -29,6 +30,7 @@ _MAX_HOLD = 8
 _SAFETY = 10
 _MAX_HELD_MSAT = 12
 _MAX_HELD = 14
+_MIN_HELD_MSAT = 15  # odd: a payer that ignores it is refused at admission, nothing worse
 
 # PAYMENT_STATUS fields
 _REASON = 1
@@ -37,7 +39,7 @@ _STATE = 4
 _GIVE_UP = 6
 _NEXT_POLL = 8
 _ATTEMPTS = 10
-_STATES = {1: "held", 2: "failed"}
+_STATES = {1: HoldState.HELD, 2: HoldState.FAILED}
 _STATE_CODES = {name: code for code, name in _STATES.items()}
 
 
@@ -51,7 +53,7 @@ class PaymentStatus:
     """The holding node tells the payer what happened to its HTLC."""
 
     payment_hash: str
-    state: str
+    state: HoldState
     give_up_height: int
     next_poll_height: int
     attempts: int
@@ -82,7 +84,7 @@ def encode(msg: Message) -> str:
             _FEE_BASE: encode_tu(msg.fee_base_msat), _FEE_PPM: encode_tu(msg.fee_ppm),
             _POLL_BLOCKS: encode_tu(msg.poll_blocks), _MAX_HOLD: encode_tu(msg.max_hold_blocks),
             _SAFETY: encode_tu(msg.safety_blocks), _MAX_HELD_MSAT: encode_tu(msg.max_held_msat),
-            _MAX_HELD: encode_tu(msg.max_held),
+            _MAX_HELD: encode_tu(msg.max_held), _MIN_HELD_MSAT: encode_tu(msg.min_held_msat),
         })
     else:
         msg_type = PAYMENT_STATUS
@@ -128,7 +130,8 @@ def decode(payload: str) -> Optional[Message]:
         return Policy(relay=_RELAY in fields, fee_base_msat=u(_FEE_BASE), fee_ppm=u(_FEE_PPM),
                       poll_blocks=u(_POLL_BLOCKS), max_hold_blocks=u(_MAX_HOLD),
                       safety_blocks=u(_SAFETY), max_held_msat=u(_MAX_HELD_MSAT),
-                      max_held=u(_MAX_HELD))
+                      max_held=u(_MAX_HELD),
+                      min_held_msat=u(_MIN_HELD_MSAT) if _MIN_HELD_MSAT in fields else 0)
     if len(fields[_HASH]) != 32:
         raise DecodeError("payment_hash must be 32 bytes", _HASH)
     state = _STATES.get(int.from_bytes(fields[_STATE], "big"))

@@ -1,42 +1,34 @@
-"""The paying side: plan the onion to a holding node and track the payment.
+"""The paying side: check the invoice, pick a trampoline, plan the onion, track the payment.
 
-Pure functions over plain data. The shell gathers the invoice (``decode``),
-the holding node's terms (its INFO message), a route to it (``getroutes``)
-and the block height, then calls :func:`plan`; later it feeds payment
-outcomes and status messages through :func:`on_status`, :func:`on_success`
-and :func:`on_failure`.
+Pure functions over plain data, so the shell does all I/O. It gathers the
+decoded invoice, the peers' terms (their INFO messages), a route to the
+trampoline (``getroutes``) and the block height, then calls :func:`plan`;
+later it feeds outcomes through :func:`on_status`, :func:`on_success`,
+:func:`on_failure` and, from lightningd's own records, :func:`reconcile`.
+Every state change goes through :func:`asyncln.states.move`.
 """
 
 from dataclasses import asdict, dataclass, replace
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from . import failures
+from .errors import AsynclnError, Code
+from .lightningd import Failed, InFlight, Succeeded, judge_attempt, msat
 from .messages import PaymentStatus
 from .policy import Policy
 from .record import FinalPayload, TrampolineRecord
+from .states import PAY_MOVES, PAY_OPEN, PayState, move
 from .wire import encode_bigsize, encode_tlv_stream, encode_tu
-
-PENDING = "pending"
-HELD = "held"
-COMPLETE = "complete"
-FAILED = "failed"
-OPEN = (PENDING, HELD)
 
 # CLTV the payer adds for hops between the holding node and the recipient:
 # enough for a few intermediate nodes at CLN's default cltv-delta of 34.
 DOWNSTREAM_CLTV_BUDGET = 144
+# BOLT 11's default when the invoice sets no min_final_cltv_expiry.
+DEFAULT_FINAL_CLTV = 18
+# Seconds per block, to turn an invoice's expiry into a number of blocks.
+BLOCK_SECONDS = 600
 
-
-class PlanError(ValueError):
-    """The payment cannot be made as asked; carries an RPC error code."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
-
-
-MAXFEE_TOO_LOW = 2111
-HOLD_TOO_SHORT = 2112
+LOST_REASON = "lightningd kept a pending attempt with no HTLC behind it (crash); safe to retry"
 
 
 @dataclass(frozen=True)
@@ -51,18 +43,23 @@ class Pay:
     max_hold_blocks: int
     created_at: int
     trampoline_index: int  # erring_index lightningd reports for the holding node (we are 0)
-    status: str = PENDING
+    status: PayState = PayState.PENDING
     give_up_height: Optional[int] = None
     next_poll_height: Optional[int] = None
     payment_preimage: Optional[str] = None
     reason: Optional[str] = None
+    partid: Optional[int] = None    # our current sendonion attempt; None in older records
+    groupid: Optional[int] = None
+    lost_since: Optional[int] = None  # height we first saw the attempt pending with no HTLC
+    report: bool = False            # we asked the trampoline for PAYMENT_STATUS (report_to)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "status": self.status.value}
 
     @classmethod
     def from_json(cls, data: dict) -> "Pay":
-        return cls(**data)
+        """Also reads records from before partids, whose status is a plain string."""
+        return cls(**{**data, "status": PayState(data["status"])})
 
 
 @dataclass(frozen=True)
@@ -75,18 +72,95 @@ class Invoice:
     destination: str
     amount_msat: int
     min_final_cltv_expiry: int
+    expires_at: Optional[int] = None  # unix seconds
 
 
-def default_maxfee(amount_msat: int, info: Policy) -> int:
-    """The holding node's fee plus 1 sat and 0.5% for its onward route."""
-    return info.fee(amount_msat) + 1000 + amount_msat // 200
+def check_invoice(decoded: dict, now: int, bolt11: str = "") -> Invoice:
+    """An :class:`Invoice` from lightningd's ``decode`` answer, if asyncln can pay it.
+
+    ``decode`` does not echo the string it decoded: pass it as ``bolt11``.
+    """
+    if decoded.get("type") != "bolt11 invoice" or not decoded.get("valid", False):
+        raise AsynclnError("invstring is not a valid BOLT11 invoice", Code.INVOICE_UNUSABLE)
+    if "amount_msat" not in decoded or msat(decoded["amount_msat"]) < 1:
+        raise AsynclnError("the invoice has no amount: asyncln cannot choose one",
+                           Code.INVOICE_UNUSABLE)
+    if "payment_secret" not in decoded:
+        raise AsynclnError("the invoice has no payment secret", Code.INVOICE_UNUSABLE)
+    expires_at = None
+    if decoded.get("expiry") is not None:
+        expires_at = int(decoded["created_at"]) + int(decoded["expiry"])
+        if expires_at <= now:
+            raise AsynclnError("the invoice has expired", Code.INVOICE_UNUSABLE)
+    return Invoice(bolt11, decoded["payment_hash"], decoded["payment_secret"], decoded["payee"],
+                   msat(decoded["amount_msat"]),
+                   int(decoded.get("min_final_cltv_expiry", DEFAULT_FINAL_CLTV)), expires_at)
 
 
-def hold_blocks(requested: Optional[int], info: Policy) -> int:
-    hold = info.max_hold_blocks if requested is None else min(requested, info.max_hold_blocks)
+def default_maxfee(amount_msat: int) -> int:
+    """xpay's default: 5000msat or 1%, whichever is greater.
+
+    The payer caps the fee; a trampoline announcing more is refused, not obeyed.
+    """
+    return max(5000, amount_msat // 100)
+
+
+def choose_trampoline(requested: Optional[str], destination: str, terms: Dict[str, Policy],
+                      connected: Set[str], amount_msat: int,
+                      maxfee_msat: int) -> Tuple[str, Policy]:
+    """The named trampoline if usable, else the cheapest connected peer that holds.
+
+    TRAMPOLINE_TERMS_UNKNOWN tells the shell to send ``query_info`` and retry.
+    """
+    if requested is not None:
+        if requested == destination:
+            raise AsynclnError("the trampoline is the recipient: pay it directly",
+                               Code.NO_TRAMPOLINE)
+        info = terms.get(requested)
+        if info is None and requested in connected:
+            raise AsynclnError(f"{requested} has not told us its terms yet; asked, retry shortly",
+                               Code.TRAMPOLINE_TERMS_UNKNOWN)
+        if info is None:
+            raise AsynclnError(f"{requested} is not a connected peer that supports asyncln",
+                               Code.NO_TRAMPOLINE)
+        if not info.relay:
+            raise AsynclnError(f"{requested} does not hold payments for others",
+                               Code.NO_TRAMPOLINE)
+        _within_cap(info, amount_msat, maxfee_msat)
+        return requested, info
+    suitable = sorted(((info.fee(amount_msat), peer), info) for peer, info in terms.items()
+                      if peer in connected and peer != destination and info.relay
+                      and info.min_held_msat <= amount_msat)
+    if not suitable:
+        raise AsynclnError("no connected peer offers asyncln holding for this amount; "
+                           "name one with trampoline=", Code.NO_TRAMPOLINE)
+    (_, peer), info = suitable[0]
+    _within_cap(info, amount_msat, maxfee_msat)
+    return peer, info
+
+
+def _within_cap(info: Policy, amount_msat: int, maxfee_msat: int):
+    if info.fee(amount_msat) > maxfee_msat:
+        raise AsynclnError(f"the trampoline's announced fee {info.fee(amount_msat)}msat exceeds "
+                           f"the payer's cap maxfee_msat={maxfee_msat}", Code.MAXFEE_TOO_LOW)
+
+
+def hold_blocks(requested: Optional[int], info: Policy, invoice: Invoice, now: int) -> int:
+    """The payer's cap on the hold: never beyond the trampoline's terms or the invoice's expiry.
+
+    A recipient refuses an expired invoice, so a longer hold could only fail.
+    """
+    hold = min(info.max_hold_blocks if requested is None else requested, info.max_hold_blocks)
     if hold < 1:
-        raise PlanError("max_hold_blocks must be at least 1", HOLD_TOO_SHORT)
-    return hold
+        raise AsynclnError(f"max_hold_blocks must be at least 1 (asked {requested}, the "
+                           f"trampoline allows {info.max_hold_blocks})", Code.HOLD_TOO_SHORT)
+    if invoice.expires_at is None:
+        return hold
+    left = (invoice.expires_at - now) // BLOCK_SECONDS
+    if left < 1:
+        raise AsynclnError(f"the invoice expires in {invoice.expires_at - now}s, before one "
+                           f"block: too soon to hold the payment", Code.HOLD_TOO_SHORT)
+    return min(hold, left)
 
 
 def trampoline_amount(invoice: Invoice, maxfee_msat: int, fees_to_trampoline: int,
@@ -96,11 +170,12 @@ def trampoline_amount(invoice: Invoice, maxfee_msat: int, fees_to_trampoline: in
     The holding node keeps its own fee and spends the rest, if it must, on
     routing to the recipient; the payer's total fee never exceeds maxfee_msat.
     """
+    _within_cap(info, invoice.amount_msat, maxfee_msat)
     amount = invoice.amount_msat + maxfee_msat - fees_to_trampoline
     if amount < invoice.amount_msat + info.fee(invoice.amount_msat):
-        raise PlanError(f"maxfee_msat {maxfee_msat} does not cover the holding node's fee "
-                        f"{info.fee(invoice.amount_msat)} plus {fees_to_trampoline} to reach it",
-                        MAXFEE_TOO_LOW)
+        raise AsynclnError(f"maxfee_msat {maxfee_msat} does not cover the trampoline's fee "
+                           f"{info.fee(invoice.amount_msat)} plus {fees_to_trampoline} to reach it",
+                           Code.MAXFEE_TOO_LOW)
     return amount
 
 
@@ -110,13 +185,20 @@ def final_cltv_to_trampoline(invoice: Invoice, hold: int, info: Policy) -> int:
 
 
 def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
-         please_poll: bool = True) -> Tuple[List[dict], dict, int]:
+         report_to: Optional[str] = None, please_poll: bool = True,
+         maxfee_msat: Optional[int] = None) -> Tuple[List[dict], dict, int]:
     """Build ``createonion`` hops and the ``sendonion`` first hop.
 
     ``path`` is one ``getroutes`` route to the holding node (v26.06 fields).
     Returns (hops, first_hop, cltv_expiry at the holding node). lightningd
-    bases ``first_hop.delay`` on its block height + 1, and so do we.
+    bases ``first_hop.delay`` on its block height + 1, and so do we. With
+    ``maxfee_msat``, a path costing more in total is refused: a second
+    ``getroutes`` may find dearer hops than the one the amount was based on.
     """
+    total = path[0]["amount_out_msat"]
+    if maxfee_msat is not None and total > invoice.amount_msat + maxfee_msat:
+        raise AsynclnError(f"the route would cost {total - invoice.amount_msat}msat in fees, "
+                           f"above maxfee_msat={maxfee_msat}", Code.MAXFEE_TOO_LOW)
     base = height + 1
     trampoline_hop = path[-1]
     cltv_expiry = base + trampoline_hop["cltv_out"]
@@ -124,7 +206,7 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
         next_node=invoice.destination, amount_msat=invoice.amount_msat,
         final_cltv_delta=invoice.min_final_cltv_expiry,
         payment_secret=invoice.payment_secret, total_msat=invoice.amount_msat,
-        please_poll=please_poll, max_hold_blocks=hold)
+        please_poll=please_poll, max_hold_blocks=hold, report_to=report_to)
     hops = []
     for hop, onward in zip(path, path[1:]):
         hops.append({"pubkey": hop["node_id_out"],
@@ -132,8 +214,7 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
     final = FinalPayload(amt_to_forward=trampoline_hop["amount_out_msat"],
                          outgoing_cltv_value=cltv_expiry, record=record)
     hops.append({"pubkey": trampoline_hop["node_id_out"], "payload": final.encode().hex()})
-    first_hop = {"id": path[0]["node_id_out"], "amount_msat": path[0]["amount_out_msat"],
-                 "delay": path[0]["cltv_out"]}
+    first_hop = {"id": path[0]["node_id_out"], "amount_msat": total, "delay": path[0]["cltv_out"]}
     return hops, first_hop, cltv_expiry
 
 
@@ -149,31 +230,88 @@ def _forward_payload(onward: dict, base: int) -> bytes:
 
 
 def on_status(pay: Pay, status: PaymentStatus, sender: str) -> Optional[Pay]:
-    """A PAYMENT_STATUS message; None when it must be ignored."""
-    if sender != pay.trampoline or pay.status not in OPEN:
+    """A PAYMENT_STATUS message; None when it must be ignored.
+
+    "failed" only records the reason: the HTLC's own failure ends the payment.
+    """
+    if sender != pay.trampoline or status.payment_hash != pay.payment_hash \
+            or pay.status not in PAY_OPEN:
         return None
-    if status.state == HELD:
-        return replace(pay, status=HELD, give_up_height=status.give_up_height,
+    if status.state == PayState.HELD.value:
+        return replace(pay, status=move(PAY_MOVES, pay.status, PayState.HELD),
+                       give_up_height=status.give_up_height,
                        next_poll_height=status.next_poll_height)
     return replace(pay, reason=status.reason)
 
 
 def on_success(pay: Pay, preimage: str) -> Optional[Pay]:
-    if pay.status == COMPLETE:
+    """Also after FAILED: a preimage is proof of payment, whatever we concluded."""
+    if pay.status == PayState.COMPLETE:
         return None
-    return replace(pay, status=COMPLETE, payment_preimage=preimage, reason=None)
+    return replace(pay, status=move(PAY_MOVES, pay.status, PayState.COMPLETE),
+                   payment_preimage=preimage, reason=None, lost_since=None)
 
 
-def on_failure(pay: Pay, failcode: Optional[int], erring_index: Optional[int],
+def on_failure(pay: Pay, partid: Optional[int], groupid: Optional[int],
+               failcode: Optional[int], erring_index: Optional[int],
                message: str) -> Optional[Pay]:
-    """``erring_index`` counts our onion's hops (sendonion knows no node ids)."""
-    if pay.status not in OPEN:
+    """A failed attempt; None when it is not our current one.
+
+    lightningd omits ``partid`` 0. ``erring_index`` counts our onion's hops
+    (sendonion knows no node ids).
+    """
+    if pay.status not in PAY_OPEN:
         return None
+    if pay.partid is not None and (partid or 0, groupid) != (pay.partid, pay.groupid):
+        return None  # an earlier attempt's late failure says nothing about this one
     from_trampoline = erring_index == pay.trampoline_index
     if from_trampoline and pay.reason:
         reason = pay.reason  # the holding node told us why
-    elif from_trampoline and failcode == failures.TEMPORARY_NODE_FAILURE and pay.status == HELD:
+    elif (from_trampoline and failcode == failures.TEMPORARY_NODE_FAILURE
+          and pay.status == PayState.HELD):
         reason = "recipient stayed offline: the holding node gave up"
     else:
         reason = message
-    return replace(pay, status=FAILED, reason=reason)
+    return _fail(pay, reason)
+
+
+def reconcile(pay: Pay, parts: List[dict], htlc_out: bool, height: int) -> Optional[Pay]:
+    """Settle an open payment from ``listsendpays`` parts; None if nothing changed.
+
+    ``htlc_out``: an outgoing HTLC with our hash sits in a channel. After a
+    crash lightningd may show a part pending with none (CLN #3916); we wait
+    for a later block to be sure before calling it failed.
+    """
+    if pay.status not in PAY_OPEN:
+        return None
+    outcome = judge_attempt(parts, pay.partid, htlc_out)
+    if isinstance(outcome, Succeeded):
+        return on_success(pay, outcome.preimage)
+    if isinstance(outcome, Failed):
+        return _fail(pay, outcome.reason)
+    if isinstance(outcome, InFlight):
+        return None if pay.lost_since is None else replace(pay, lost_since=None)
+    if pay.lost_since is None:
+        return replace(pay, lost_since=height)
+    if height > pay.lost_since:
+        return _fail(pay, LOST_REASON)
+    return None
+
+
+def _fail(pay: Pay, reason: str) -> Pay:
+    return replace(pay, status=move(PAY_MOVES, pay.status, PayState.FAILED), reason=reason)
+
+
+def may_pay_again(existing: Optional[Pay]) -> None:
+    """Only a failed payment may be retried: any other could still pay, or has."""
+    if existing is not None and existing.status != PayState.FAILED:
+        raise AsynclnError(f"this invoice is already {existing.status.value}",
+                           Code.PAYMENT_EXISTS)
+
+
+def restart(pay: Pay, **new_fields) -> Pay:
+    """A failed payment's new attempt; ``new_fields`` describe it (partid, groupid, ...)."""
+    may_pay_again(pay)
+    return replace(pay, status=move(PAY_MOVES, pay.status, PayState.PENDING),
+                   payment_preimage=None, reason=None, lost_since=None,
+                   give_up_height=None, next_poll_height=None, **new_fields)

@@ -8,6 +8,8 @@ node. docs/PROTOCOL.md describes every field and why each type is odd or even.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from coincurve import PublicKey
+
 from .wire import (
     DecodeError,
     decode_bigsize,
@@ -32,6 +34,7 @@ FINAL_CLTV_DELTA = 4
 PAYMENT_SECRET = 6
 TOTAL_MSAT = 8
 MAX_HOLD_BLOCKS = 10
+REPORT_TO = 11
 _KNOWN_EVEN = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET,
                TOTAL_MSAT, MAX_HOLD_BLOCKS)
 _REQUIRED = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET)
@@ -48,6 +51,7 @@ class TrampolineRecord:
     total_msat: int           # invoice total (equals amount_msat without MPP)
     please_poll: bool         # hold and re-try while the recipient is offline
     max_hold_blocks: Optional[int] = None  # payer's own cap on the hold
+    report_to: Optional[str] = None  # the payer, asking for PAYMENT_STATUS reports (opt-in)
 
     def encode(self) -> bytes:
         inner = {
@@ -61,6 +65,8 @@ class TrampolineRecord:
             inner[PLEASE_POLL] = b""
         if self.max_hold_blocks is not None:
             inner[MAX_HOLD_BLOCKS] = encode_tu(self.max_hold_blocks)
+        if self.report_to is not None:
+            inner[REPORT_TO] = bytes.fromhex(self.report_to)
         return bytes([RECORD_VERSION]) + encode_tlv_stream(inner)
 
     @classmethod
@@ -74,8 +80,11 @@ class TrampolineRecord:
             if required not in fields:
                 raise DecodeError(f"asyncln record lacks field {required}", RECORD_TYPE)
         node = fields[NEXT_NODE_ID]
-        if len(node) != 33 or node[0] not in (2, 3):
-            raise DecodeError("next_node_id is not a compressed public key", RECORD_TYPE)
+        if not _is_point(node):
+            raise DecodeError("next_node_id is not a valid public key", RECORD_TYPE)
+        report_to = fields.get(REPORT_TO)
+        if report_to is not None and not _is_point(report_to):
+            raise DecodeError("report_to is not a valid public key", RECORD_TYPE)
         if len(fields[PAYMENT_SECRET]) != 32:
             raise DecodeError("payment_secret must be 32 bytes", RECORD_TYPE)
         if fields.get(PLEASE_POLL, b""):
@@ -93,7 +102,19 @@ class TrampolineRecord:
             total_msat=total,
             please_poll=PLEASE_POLL in fields,
             max_hold_blocks=None if max_hold is None else decode_tu(max_hold, 4, RECORD_TYPE),
+            report_to=None if report_to is None else report_to.hex(),
         )
+
+
+def _is_point(key: bytes) -> bool:
+    """A compressed key that is really on the curve: S must be able to pay it."""
+    if len(key) != 33 or key[0] not in (2, 3):
+        return False
+    try:
+        PublicKey(key)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -2,23 +2,35 @@
 
 import hashlib
 
+from coincurve import PrivateKey
+
 from asyncln.hold import Incoming
 from asyncln.record import FinalPayload, TrampolineRecord
 
-PAYER = "02" + "aa" * 32
-RECIPIENT = "03" + "bb" * 32
+
+def node_id(n: int) -> str:
+    """A real secp256k1 point: records refuse keys that are not on the curve."""
+    return PrivateKey(bytes([n]) * 32).public_key.format().hex()
+
+
+PAYER = node_id(1)
+RECIPIENT = node_id(2)
+OTHER = node_id(3)
 PREIMAGE = "11" * 32
 PAYMENT_HASH = hashlib.sha256(bytes.fromhex(PREIMAGE)).hexdigest()
 
 
-def record(amount=100_000, final_cltv=18, please_poll=True, max_hold=None, node=RECIPIENT):
+def record(amount=100_000, final_cltv=18, please_poll=True, max_hold=None, node=RECIPIENT,
+           report_to=PAYER):
     return TrampolineRecord(next_node=node, amount_msat=amount, final_cltv_delta=final_cltv,
                             payment_secret="22" * 32, total_msat=amount,
-                            please_poll=please_poll, max_hold_blocks=max_hold)
+                            please_poll=please_poll, max_hold_blocks=max_hold, report_to=report_to)
 
 
-def incoming(amount=110_000, cltv_expiry=1500, htlc_id=0, channel="103x1x0"):
-    return Incoming(channel=channel, htlc_id=htlc_id, amount_msat=amount, cltv_expiry=cltv_expiry)
+def incoming(amount=110_000, cltv_expiry=1500, htlc_id=0, channel="103x1x0", peer=PAYER,
+             secret="33" * 32):
+    return Incoming(channel=channel, htlc_id=htlc_id, amount_msat=amount, cltv_expiry=cltv_expiry,
+                    peer=peer, shared_secret=secret)
 
 
 def payload(rec, amount=110_000, cltv_expiry=1500) -> bytes:

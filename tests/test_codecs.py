@@ -1,7 +1,7 @@
 """Wire primitives, the onion record, custom messages and failure encodings."""
 
 import pytest
-from factories import PAYMENT_HASH, record
+from factories import PAYMENT_HASH, node_id, record
 
 from asyncln import failures, messages
 from asyncln.policy import Policy
@@ -88,12 +88,18 @@ def test_record_rejects_bad_input(mutate, message):
         TrampolineRecord.decode(raw)
 
 
+KEY = bytes.fromhex(node_id(2))
+OFF_CURVE = b"\x03" + b"\xbb" * 32  # 33 bytes, 03 prefix, but no point has this x
+
+
 @pytest.mark.parametrize("fields,message", [
-    ({0: b"\x02" + b"\x11" * 31, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 32}, "compressed public key"),
-    ({0: b"\x02" + b"\x11" * 32, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 31}, "32 bytes"),
-    ({0: b"\x02" + b"\x11" * 32, 4: b"\x12", 6: b"\x00" * 32}, "lacks field 2"),
-    ({0: b"\x02" + b"\x11" * 32, 2: b"\x05", 4: b"\x12", 6: b"\x00" * 32, 8: b"\x04"}, "exceeds total"),
-    ({0: b"\x02" + b"\x11" * 32, 1: b"\x01", 2: b"\x05", 4: b"\x12", 6: b"\x00" * 32}, "please_poll"),
+    ({0: b"\x02" + b"\x11" * 31, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 32}, "valid public key"),
+    ({0: OFF_CURVE, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 32}, "valid public key"),
+    ({0: KEY, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 32, 11: OFF_CURVE}, "report_to"),
+    ({0: KEY, 2: b"\x01", 4: b"\x12", 6: b"\x00" * 31}, "32 bytes"),
+    ({0: KEY, 4: b"\x12", 6: b"\x00" * 32}, "lacks field 2"),
+    ({0: KEY, 2: b"\x05", 4: b"\x12", 6: b"\x00" * 32, 8: b"\x04"}, "exceeds total"),
+    ({0: KEY, 1: b"\x01", 2: b"\x05", 4: b"\x12", 6: b"\x00" * 32}, "please_poll"),
 ])
 def test_record_rejects_inconsistent_fields(fields, message):
     with pytest.raises(DecodeError, match=message):

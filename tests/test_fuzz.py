@@ -67,7 +67,7 @@ def test_hook_payloads_never_crash_or_hold_bad_input(data):
     except DecodeError:
         found = None
     verdict, actions = relay.htlc_accepted(PAYMENT_HASH, incoming(amount=200_000), data,
-                                           200_000, 1500, PAYER)
+                                           200_000, 1500)
     if isinstance(verdict, hold.Hold):
         assert found is not None
         assert TrampolineRecord.decode(found[1])

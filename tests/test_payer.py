@@ -1,19 +1,32 @@
-"""The paying side: amounts, expiries, onion hops and status transitions."""
+"""The paying side: invoices, trampoline choice, amounts, expiries, onion hops and transitions."""
 
+import hashlib
+from dataclasses import replace
+
+import coincurve
 import pytest
-from factories import PAYMENT_HASH, RECIPIENT
 
 from asyncln import failures, payer
+from asyncln.errors import AsynclnError, Code
 from asyncln.messages import PaymentStatus
 from asyncln.policy import Policy
 from asyncln.record import RECORD_TYPE, TrampolineRecord, find_record
+from asyncln.states import IllegalTransition, PayState
 from asyncln.wire import decode_tlv_stream, decode_tu
 
+
+def node(n: int) -> str:
+    """A real secp256k1 point: record.py refuses anything else."""
+    return coincurve.PrivateKey(bytes([n]) * 32).public_key.format().hex()
+
+
+ME, RECIPIENT, S, X, T, U = (node(n) for n in range(1, 7))
+PREIMAGE = "11" * 32
+PAYMENT_HASH = hashlib.sha256(bytes.fromhex(PREIMAGE)).hexdigest()
+NOW = 1_700_000_000
 INFO = Policy(poll_blocks=6, max_hold_blocks=1008, safety_blocks=144, fee_base_msat=1000,
               fee_ppm=1000, max_held_msat=10**9)
 INVOICE = payer.Invoice("lnbcrt1...", PAYMENT_HASH, "22" * 32, RECIPIENT, 100_000, 18)
-S = "02" + "55" * 32
-X = "02" + "66" * 32
 
 
 def hop(node_in, node_out, scid, amount_in, amount_out, cltv_in, cltv_out):
@@ -22,25 +35,135 @@ def hop(node_in, node_out, scid, amount_in, amount_out, cltv_in, cltv_out):
             "cltv_in": cltv_in, "cltv_out": cltv_out}
 
 
+def refused(code, call, *args, **kw) -> str:
+    """Run ``call``, expect an AsynclnError with ``code``; return its message."""
+    with pytest.raises(AsynclnError) as err:
+        call(*args, **kw)
+    assert err.value.code == code
+    return str(err.value)
+
+
+# --- invoices --------------------------------------------------------------------
+
+def decoded(**kw):
+    base = {"type": "bolt11 invoice", "valid": True, "payment_hash": PAYMENT_HASH,
+            "payment_secret": "22" * 32, "payee": RECIPIENT, "amount_msat": 100_000,
+            "created_at": NOW - 100, "expiry": 3600, "min_final_cltv_expiry": 40}
+    base.update(kw)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_check_invoice_reads_what_asyncln_needs():
+    inv = payer.check_invoice(decoded(), NOW, "lnbcrt1x")
+    assert inv == payer.Invoice("lnbcrt1x", PAYMENT_HASH, "22" * 32, RECIPIENT, 100_000, 40,
+                                NOW + 3500)
+    assert payer.check_invoice(decoded(amount_msat="2500msat"), NOW).amount_msat == 2500
+    assert payer.check_invoice(decoded(min_final_cltv_expiry=None), NOW).min_final_cltv_expiry == 18
+    assert payer.check_invoice(decoded(expiry=None), NOW).expires_at is None
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"type": "bolt12 offer"}, "not a valid BOLT11"),
+    ({"valid": False}, "not a valid BOLT11"),
+    ({"amount_msat": None}, "no amount"),
+    ({"amount_msat": "0msat"}, "no amount"),
+    ({"payment_secret": None}, "payment secret"),
+    ({"created_at": NOW - 3600}, "expired"),
+    ({"created_at": NOW - 4000}, "expired"),
+])
+def test_check_invoice_refuses_unusable_invoices(fields, words):
+    assert words in refused(Code.INVOICE_UNUSABLE, payer.check_invoice, decoded(**fields), NOW)
+
+
+# --- fees, hold and amounts --------------------------------------------------------
+
 def test_hold_and_fee_choices():
-    assert payer.hold_blocks(None, INFO) == 1008
-    assert payer.hold_blocks(30, INFO) == 30
-    assert payer.hold_blocks(5000, INFO) == 1008
-    with pytest.raises(payer.PlanError):
-        payer.hold_blocks(0, INFO)
-    assert payer.default_maxfee(100_000, INFO) == 1100 + 1000 + 500
+    assert payer.hold_blocks(None, INFO, INVOICE, NOW) == 1008
+    assert payer.hold_blocks(30, INFO, INVOICE, NOW) == 30
+    assert payer.hold_blocks(5000, INFO, INVOICE, NOW) == 1008
+    refused(Code.HOLD_TOO_SHORT, payer.hold_blocks, 0, INFO, INVOICE, NOW)
     assert payer.final_cltv_to_trampoline(INVOICE, 30, INFO) == 30 + 144 + 18 + 144
+
+
+def test_default_maxfee_is_the_payers_not_the_trampolines():
+    """xpay's default: 5000msat or 1%; a trampoline's fee does not raise it."""
+    assert payer.default_maxfee(100_000) == 5000
+    assert payer.default_maxfee(500_000) == 5000
+    assert payer.default_maxfee(10_000_000) == 100_000
+    assert payer.default_maxfee(10_000_099) == 100_000
+
+
+def test_hold_never_outlasts_the_invoice():
+    expiring = replace(INVOICE, expires_at=NOW + 6 * 600 + 599)
+    assert payer.hold_blocks(None, INFO, expiring, NOW) == 6
+    assert payer.hold_blocks(30, INFO, expiring, NOW) == 6
+    assert payer.hold_blocks(3, INFO, expiring, NOW) == 3
+    soon = replace(INVOICE, expires_at=NOW + 599)
+    assert "invoice expires" in refused(Code.HOLD_TOO_SHORT, payer.hold_blocks,
+                                        None, INFO, soon, NOW)
+    assert "asked 0" in refused(Code.HOLD_TOO_SHORT, payer.hold_blocks, 0, INFO, expiring, NOW)
+    stingy = Policy(max_hold_blocks=0)
+    assert "allows 0" in refused(Code.HOLD_TOO_SHORT, payer.hold_blocks, None, stingy, INVOICE, NOW)
 
 
 def test_trampoline_amount_keeps_total_fee_under_maxfee():
     assert payer.trampoline_amount(INVOICE, 3000, 200, INFO) == 102_800
-    with pytest.raises(payer.PlanError) as low:
-        payer.trampoline_amount(INVOICE, 1099, 0, INFO)
-    assert low.value.code == payer.MAXFEE_TOO_LOW
+    message = refused(Code.MAXFEE_TOO_LOW, payer.trampoline_amount, INVOICE, 1099, 0, INFO)
+    assert "announced fee 1100msat exceeds the payer's cap" in message
+    # Its fee fits, but not with what reaching it costs.
+    assert "to reach it" in refused(Code.MAXFEE_TOO_LOW, payer.trampoline_amount,
+                                    INVOICE, 1500, 401, INFO)
 
+
+# --- choosing the trampoline -------------------------------------------------------
+
+CHEAP = Policy(fee_base_msat=100, fee_ppm=0)
+DEAR = Policy(fee_base_msat=3000, fee_ppm=0)
+
+
+def choose(requested=None, terms=None, connected=(S, X, T), amount=100_000, maxfee=5000,
+           destination=RECIPIENT):
+    terms = {S: DEAR, X: CHEAP} if terms is None else terms
+    return payer.choose_trampoline(requested, destination, terms, set(connected), amount, maxfee)
+
+
+def test_choose_the_requested_trampoline():
+    assert choose(S) == (S, DEAR)
+    assert choose(S, connected=()) == (S, DEAR)  # reachable through others: a route will tell
+    assert "recipient" in refused(Code.NO_TRAMPOLINE, choose, RECIPIENT,
+                                  terms={RECIPIENT: CHEAP}, connected={RECIPIENT})
+    refused(Code.NO_TRAMPOLINE, choose, U)
+    assert "retry" in refused(Code.TRAMPOLINE_TERMS_UNKNOWN, choose, T)
+    refused(Code.NO_TRAMPOLINE, choose, S, terms={S: Policy(relay=False)})
+    assert "exceeds the payer's cap" in refused(Code.MAXFEE_TOO_LOW, choose, S, maxfee=2999)
+
+
+def test_choose_the_cheapest_suitable_peer():
+    assert choose() == (X, CHEAP)
+    assert choose(terms={S: DEAR, X: CHEAP, T: Policy(relay=False, fee_base_msat=0)}) == (X, CHEAP)
+    assert choose(connected=(S, T)) == (S, DEAR)  # X is cheaper but not connected
+    assert choose(destination=X) == (S, DEAR)
+    assert choose(terms={S: DEAR, X: Policy(fee_base_msat=100, fee_ppm=0, min_held_msat=200_000)}) \
+        == (S, DEAR)
+    tie = min(S, X)
+    assert choose(terms={S: CHEAP, X: CHEAP}) == (tie, CHEAP)
+    # Proportional fees rank by the amount paid.
+    flat, ppm = Policy(fee_base_msat=2000, fee_ppm=0), Policy(fee_base_msat=0, fee_ppm=10_000)
+    assert choose(terms={S: flat, X: ppm}, amount=100_000)[0] == X
+    assert choose(terms={S: flat, X: ppm}, amount=1_000_000, maxfee=10_000)[0] == S
+
+
+def test_choose_refuses_when_none_fits():
+    refused(Code.NO_TRAMPOLINE, choose, terms={})
+    refused(Code.NO_TRAMPOLINE, choose, connected=(T,))
+    refused(Code.NO_TRAMPOLINE, choose, terms={S: Policy(relay=False)})
+    assert "cap" in refused(Code.MAXFEE_TOO_LOW, choose, maxfee=99)
+
+
+# --- the onion --------------------------------------------------------------------
 
 def test_plan_direct_trampoline():
-    path = [hop("02" + "00" * 32, S, "103x1x0/1", 102_600, 102_600, 336, 336)]
+    path = [hop(ME, S, "103x1x0/1", 102_600, 102_600, 336, 336)]
     hops, first_hop, expiry = payer.plan(INVOICE, path, 500, 30)
     assert expiry == 501 + 336
     assert first_hop == {"id": S, "amount_msat": 102_600, "delay": 336}
@@ -51,10 +174,25 @@ def test_plan_direct_trampoline():
     rec = TrampolineRecord.decode(find_record(payload)[1])
     assert rec.next_node == RECIPIENT and rec.amount_msat == 100_000
     assert rec.please_poll and rec.max_hold_blocks == 30 and rec.payment_secret == "22" * 32
+    assert rec.report_to is None
+
+
+def test_plan_asks_for_reports_when_told():
+    path = [hop(ME, S, "103x1x0/1", 102_600, 102_600, 336, 336)]
+    hops, _, _ = payer.plan(INVOICE, path, 500, 30, report_to=ME)
+    record = TrampolineRecord.decode(find_record(bytes.fromhex(hops[0]["payload"]))[1])
+    assert record.report_to == ME
+
+
+def test_plan_refuses_a_route_dearer_than_maxfee():
+    path = [hop(ME, X, "103x1x0/0", 103_100, 103_100, 342, 342),
+            hop(X, S, "110x2x1/1", 103_100, 102_600, 342, 336)]
+    assert payer.plan(INVOICE, path, 500, 30, maxfee_msat=3100)[1]["amount_msat"] == 103_100
+    refused(Code.MAXFEE_TOO_LOW, payer.plan, INVOICE, path, 500, 30, maxfee_msat=3099)
 
 
 def test_plan_through_an_intermediate():
-    path = [hop("02" + "00" * 32, X, "103x1x0/0", 102_700, 102_700, 342, 342),
+    path = [hop(ME, X, "103x1x0/0", 102_700, 102_700, 342, 342),
             hop(X, S, "110x2x1/1", 102_700, 102_600, 342, 336)]
     hops, first_hop, expiry = payer.plan(INVOICE, path, 500, 30)
     assert first_hop == {"id": X, "amount_msat": 102_700, "delay": 342}
@@ -67,35 +205,153 @@ def test_plan_through_an_intermediate():
                                                 known_even=[2, 4, 6])
 
 
+# --- the payment's life -------------------------------------------------------------
+
 def pay(**kw):
     base = dict(payment_hash=PAYMENT_HASH, bolt11="lnbcrt1", destination=RECIPIENT, trampoline=S,
                 amount_msat=100_000, amount_sent_msat=102_600, cltv_expiry=837,
-                max_hold_blocks=30, created_at=1, trampoline_index=1)
+                max_hold_blocks=30, created_at=1, trampoline_index=1, partid=0, groupid=1)
     base.update(kw)
     return payer.Pay(**base)
 
 
+HELD_STATUS = PaymentStatus(PAYMENT_HASH, "held", 530, 506, 1, "offline")
+
+
 def test_status_messages_only_from_our_trampoline():
-    held = PaymentStatus(PAYMENT_HASH, "held", 530, 506, 1, "offline")
-    assert payer.on_status(pay(), held, X) is None
-    updated = payer.on_status(pay(), held, S)
-    assert updated.status == "held" and updated.give_up_height == 530
-    assert payer.on_status(pay(status="complete"), held, S) is None
+    assert payer.on_status(pay(), HELD_STATUS, X) is None
+    updated = payer.on_status(pay(), HELD_STATUS, S)
+    assert updated.status is PayState.HELD and updated.give_up_height == 530
+    assert payer.on_status(pay(status=PayState.COMPLETE), HELD_STATUS, S) is None
+    assert payer.on_status(pay(status=PayState.FAILED), HELD_STATUS, S) is None
+    other = PaymentStatus("33" * 32, "held", 530, 506, 1, "offline")
+    assert payer.on_status(pay(), other, S) is None
 
 
 def test_failure_reasons():
     temporary = failures.TEMPORARY_NODE_FAILURE
-    gave_up = PaymentStatus(PAYMENT_HASH, "failed", 530, 536, 5, "recipient stayed offline until the hold deadline")
-    told = payer.on_status(pay(status="held"), gave_up, S)
-    assert payer.on_failure(told, temporary, 1, "WIRE_TEMPORARY_NODE_FAILURE").reason == gave_up.reason
-    assert "offline" in payer.on_failure(pay(status="held"), temporary, 1, "x").reason
-    assert payer.on_failure(pay(), temporary, 1, "refused at once").reason == "refused at once"
-    assert payer.on_failure(pay(), temporary, 0, "local failure").reason == "local failure"
-    assert payer.on_failure(pay(status="complete"), temporary, 1, "x") is None
+    gave_up = PaymentStatus(PAYMENT_HASH, "failed", 530, 536, 5,
+                            "recipient stayed offline until the hold deadline")
+    told = payer.on_status(pay(status=PayState.HELD), gave_up, S)
+    assert told.status is PayState.HELD  # the HTLC's failure, not the message, ends it
+    held = pay(status=PayState.HELD)
+    assert payer.on_failure(told, 0, 1, temporary, 1, "WIRE_TEMPORARY_NODE_FAILURE").reason \
+        == gave_up.reason
+    assert "offline" in payer.on_failure(held, 0, 1, temporary, 1, "x").reason
+    at_once = payer.on_failure(pay(), 0, 1, temporary, 1, "refused at once")
+    assert at_once.reason == "refused at once"
+    failed = payer.on_failure(pay(), 0, 1, temporary, 0, "local failure")
+    assert failed.status is PayState.FAILED and failed.reason == "local failure"
+    assert payer.on_failure(pay(status=PayState.COMPLETE), 0, 1, temporary, 1, "x") is None
+
+
+def test_only_the_current_attempts_failure_counts():
+    current = pay(partid=2, groupid=3)
+    assert payer.on_failure(current, 1, 3, None, 1, "stale") is None
+    assert payer.on_failure(current, 2, 2, None, 1, "stale") is None
+    assert payer.on_failure(current, None, 3, None, 1, "stale") is None
+    assert payer.on_failure(current, 2, 3, None, 1, "now").status is PayState.FAILED
+    # lightningd omits partid 0.
+    assert payer.on_failure(pay(partid=0, groupid=3), None, 3, None, 1, "now").reason == "now"
+    # Records from before partids take any failure.
+    assert payer.on_failure(pay(partid=None, groupid=None), 7, 9, None, 1, "x").reason == "x"
 
 
 def test_success_is_final():
-    done = payer.on_success(pay(status="held"), "11" * 32)
-    assert done.status == "complete" and done.payment_preimage == "11" * 32
-    assert payer.on_success(done, "11" * 32) is None
+    done = payer.on_success(pay(status=PayState.HELD), PREIMAGE)
+    assert done.status is PayState.COMPLETE and done.payment_preimage == PREIMAGE
+    assert payer.on_success(done, PREIMAGE) is None
     assert payer.Pay.from_json(done.to_json()) == done
+    assert payer.on_failure(done, 0, 1, None, 1, "late") is None
+    assert payer.on_status(done, HELD_STATUS, S) is None
+
+
+def test_a_preimage_beats_an_earlier_failure():
+    failed = pay(status=PayState.FAILED, reason="the attempt failed")
+    done = payer.on_success(failed, PREIMAGE)
+    assert done.status is PayState.COMPLETE and done.reason is None
+
+
+def test_json_round_trip_and_older_records():
+    stored = pay(status=PayState.HELD, lost_since=7, report=True).to_json()
+    assert stored["status"] == "held" and type(stored["status"]) is str
+    assert payer.Pay.from_json(stored) == pay(status=PayState.HELD, lost_since=7, report=True)
+    old = {"payment_hash": PAYMENT_HASH, "bolt11": "lnbcrt1", "destination": RECIPIENT,
+           "trampoline": S, "amount_msat": 100_000, "amount_sent_msat": 102_600,
+           "cltv_expiry": 837, "max_hold_blocks": 30, "created_at": 1, "trampoline_index": 1,
+           "status": "held", "give_up_height": 530, "next_poll_height": 506,
+           "payment_preimage": None, "reason": None}
+    loaded = payer.Pay.from_json(old)
+    assert loaded.status is PayState.HELD
+    assert (loaded.partid, loaded.groupid, loaded.lost_since, loaded.report) \
+        == (None, None, None, False)
+
+
+# --- crash recovery ----------------------------------------------------------------
+
+def part(status, partid=0, groupid=1, preimage=None):
+    out = {"status": status, "groupid": groupid, "payment_hash": PAYMENT_HASH}
+    if partid:
+        out["partid"] = partid
+    if preimage:
+        out["payment_preimage"] = preimage
+    return out
+
+
+def test_reconcile_settles_from_lightningds_records():
+    done = payer.reconcile(pay(), [part("failed"), part("complete", 1, 1, PREIMAGE)], False, 10)
+    assert done.status is PayState.COMPLETE and done.payment_preimage == PREIMAGE
+    failed = payer.reconcile(pay(status=PayState.HELD), [part("failed")], False, 10)
+    assert failed.status is PayState.FAILED and failed.reason == "the attempt failed"
+    assert payer.reconcile(pay(), [], False, 10).status is PayState.FAILED
+    assert payer.reconcile(pay(), [part("pending")], True, 10) is None
+    assert payer.reconcile(pay(status=PayState.COMPLETE), [part("failed")], False, 10) is None
+    assert payer.reconcile(pay(status=PayState.FAILED), [part("pending")], False, 10) is None
+
+
+def test_reconcile_judges_only_our_attempt():
+    # An older attempt still pending does not keep a failed current one open.
+    ours = pay(partid=2, groupid=1)
+    failed = payer.reconcile(ours, [part("pending", 1), part("failed", 2)], True, 10)
+    assert failed.status is PayState.FAILED
+
+
+def test_a_lost_attempt_fails_only_a_block_later():
+    first = payer.reconcile(pay(), [part("pending")], False, 10)
+    assert first.status is PayState.PENDING and first.lost_since == 10
+    assert payer.reconcile(first, [part("pending")], False, 10) is None
+    assert payer.reconcile(first, [part("pending")], False, 9) is None
+    later = payer.reconcile(first, [part("pending")], False, 11)
+    assert later.status is PayState.FAILED and later.reason == payer.LOST_REASON
+    # The HTLC showed up after all: start over.
+    back = payer.reconcile(first, [part("pending")], True, 11)
+    assert back.lost_since is None and back.status is PayState.PENDING
+
+
+# --- retrying ----------------------------------------------------------------------
+
+def test_only_a_failed_payment_may_be_paid_again():
+    payer.may_pay_again(None)
+    payer.may_pay_again(pay(status=PayState.FAILED))
+    for state in (PayState.PENDING, PayState.HELD, PayState.COMPLETE):
+        assert state.value in refused(Code.PAYMENT_EXISTS, payer.may_pay_again, pay(status=state))
+
+
+def test_restart_a_failed_payment():
+    failed = pay(status=PayState.HELD, give_up_height=530, next_poll_height=506, lost_since=4,
+                 reason="x")
+    failed = payer.on_failure(failed, 0, 1, None, 1, "gone")
+    again = payer.restart(failed, partid=1, groupid=2, trampoline=X, amount_sent_msat=103_000)
+    assert again == pay(partid=1, groupid=2, trampoline=X, amount_sent_msat=103_000)
+    refused(Code.PAYMENT_EXISTS, payer.restart, pay(), partid=1)
+    with pytest.raises(TypeError):
+        payer.restart(failed, status=PayState.COMPLETE)
+
+
+def test_transitions_go_through_the_table(monkeypatch):
+    """A move the table forbids raises, even if a caller slips past the guards."""
+    monkeypatch.setattr(payer, "PAY_OPEN", frozenset(PayState))
+    with pytest.raises(IllegalTransition):
+        payer.on_status(pay(status=PayState.COMPLETE), HELD_STATUS, S)
+    with pytest.raises(IllegalTransition):
+        payer.on_failure(pay(status=PayState.COMPLETE), 0, 1, None, 1, "x")

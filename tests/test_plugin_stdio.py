@@ -1,10 +1,11 @@
 """plugin.py over its stdio JSON-RPC protocol, with a scripted RPC socket."""
 
 import json
+import threading
 
 import pytest
 from factories import PAYER, PAYMENT_HASH, RECIPIENT, payload, record
-from plugin_harness import PluginProcess, ScriptedRpc, htlc_params, wait_for
+from plugin_harness import PluginProcess, RpcFailure, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import messages
 from asyncln.features import FEATURE_BIT, has_feature
@@ -39,6 +40,8 @@ def test_manifest_declares_the_interface(node):
     for name in ("asyncln-listpays", "asyncln-listheld", "asyncln-poll", "asyncln-getinfo"):
         assert len(methods[name]["usage"]) > 20  # usage followed by its help text
     assert {h["name"] for h in manifest["hooks"]} == {"htlc_accepted", "custommsg"}
+    custommsg = next(h for h in manifest["hooks"] if h["name"] == "custommsg")
+    assert custommsg["filters"] == list(messages.MESSAGE_TYPES)  # others' messages never reach us
     assert {"block_added", "connect", "sendpay_success", "sendpay_failure"} <= set(manifest["subscriptions"])
     assert has_feature(manifest["featurebits"]["init"]) and has_feature(manifest["featurebits"]["node"])
     assert int(manifest["featurebits"]["node"], 16) == 1 << FEATURE_BIT
@@ -78,6 +81,7 @@ def test_hold_notify_and_give_up(node):
     held = plugin.request("asyncln-listheld", {})["result"]["held"]
     assert [h["state"] for h in held] == ["held"]
     assert held[0]["incoming_msat"] == 110_000 and held[0]["give_up_height"] == 1030
+    wait_for(lambda: rpc.called("sendcustommsg"))
     stored = json.loads(rpc.datastore[("asyncln", "held", PAYMENT_HASH)])
     assert stored["state"] == "held"
     status = messages.decode(rpc.called("sendcustommsg")[-1]["msg"])
@@ -95,6 +99,7 @@ def test_capability_query_is_answered(node):
     plugin, rpc = started(node, **{"asyncln-fee-ppm": 250})
     answer = plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(messages.QueryInfo())})
     assert answer["result"] == {"result": "continue"}
+    wait_for(lambda: rpc.called("sendcustommsg"))
     info = messages.decode(rpc.called("sendcustommsg")[-1]["msg"])
     assert info.relay and info.fee_ppm == 250 and info.max_hold_blocks == 30
 
@@ -113,6 +118,7 @@ def test_restart_replay_resumes_from_the_datastore(tmp_path):
     first.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
     params = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER)
     assert first.answered(first.send("htlc_accepted", params)) is None
+    wait_for(lambda: ("asyncln", "held", PAYMENT_HASH) in rpc.datastore)
     first.close()  # kill -9: no goodbye
 
     second = PluginProcess(directory=str(tmp_path))
@@ -141,6 +147,7 @@ def test_online_message_from_the_recipient_retries_at_once(node):
     hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
                                                     110_000, 1500, peer_id=PAYER))
     assert plugin.answered(hook) is None
+    wait_for(lambda: rpc.called("getroutes"))
     tries = len(rpc.called("getroutes"))
     plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(messages.Online())})
     assert plugin.request("asyncln-listheld", {})["result"]["held"][0]["attempts"] == tries
@@ -166,6 +173,55 @@ def test_unusable_route_answer_keeps_holding(node):
     rpc.handlers["getroutes"] = lambda params: {"routes": []}
     hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500))
     assert plugin.answered(hook) is None
-    held = plugin.request("asyncln-listheld", {})["result"]["held"][0]
-    assert held["state"] == "held" and "unusable getroutes answer" in held["last_error"]
+    wait_for(lambda: "unusable getroutes answer" in
+             plugin.request("asyncln-listheld", {})["result"]["held"][0].get("last_error", ""))
+    assert plugin.request("asyncln-listheld", {})["result"]["held"][0]["state"] == "held"
 
+
+
+def test_a_slow_route_search_never_delays_other_htlcs(node):
+    """The poll round's getroutes runs on the worker: hooks keep being answered."""
+    plugin, rpc = started(node)
+    release = threading.Event()
+
+    def slow_getroutes(params):
+        release.wait(20)
+        raise RpcFailure(205, "Unknown destination")
+    rpc.handlers["getroutes"] = slow_getroutes
+    held = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
+                                                    110_000, 1500, peer_id=PAYER))
+    wait_for(lambda: rpc.called("getroutes"))
+    plain = htlc_params("cd" * 32, "0802020102040203e8", 258, 1500, htlc_id=7)
+    try:
+        assert plugin.request("htlc_accepted", plain, timeout=5)["result"] == {"result": "continue"}
+        plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1001}})
+        assert plugin.request("asyncln-listheld", {}, timeout=5)["result"]["held"][0]["state"] == "held"
+    finally:
+        release.set()
+    assert plugin.answered(held) is None
+
+
+def test_replay_with_a_changed_scid_is_recognised(tmp_path):
+    """A zero-conf channel confirms while S is down: the replay names the real scid."""
+    rpc = ScriptedRpc(str(tmp_path))
+    first = PluginProcess(directory=str(tmp_path))
+    first.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
+    params = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER,
+                         channel="1x0x0")  # an alias
+    assert first.answered(first.send("htlc_accepted", params)) is None
+    wait_for(lambda: ("asyncln", "held", PAYMENT_HASH) in rpc.datastore)
+    first.close()
+
+    second = PluginProcess(directory=str(tmp_path))
+    try:
+        second.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
+        replay = dict(params, htlc=dict(params["htlc"], short_channel_id="103x1x0"))
+        hook = second.send("htlc_accepted", replay)
+        assert second.answered(hook) is None  # held again, not refused
+        other = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER,
+                            shared_secret="44" * 32, htlc_id=1)
+        assert second.request("htlc_accepted", other)["result"]["result"] == "fail"
+        second.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1030}})
+        assert second.response(hook)["result"]["result"] == "fail"
+    finally:
+        second.close()

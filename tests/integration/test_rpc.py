@@ -4,7 +4,7 @@ import pytest
 from helpers import call, held, held_for_payer, opts, wait_for_terms, wait_status
 from pyln.client import RpcError
 
-from asyncln import hold
+from asyncln.errors import Code
 from asyncln.features import FEATURE_BIT, has_feature
 
 
@@ -43,7 +43,7 @@ def test_rpc_errors_have_codes(node_factory, plugin_path):
     assert bad.value.error["code"] == 2123
     with pytest.raises(RpcError) as unknown:
         call(lonely, "asyncln-cancel", payment_hash="00" * 32)
-    assert unknown.value.error["code"] == hold.UNKNOWN_PAYMENT
+    assert unknown.value.error["code"] == Code.UNKNOWN_PAYMENT
 
 
 def test_operator_poll_and_cancel(node_factory, plugin_path):
@@ -58,4 +58,4 @@ def test_operator_poll_and_cancel(node_factory, plugin_path):
     assert "cancelled" in wait_status(a, inv["payment_hash"], "failed")["reason"]
     with pytest.raises(RpcError) as again:
         call(s, "asyncln-cancel", payment_hash=inv["payment_hash"])
-    assert again.value.error["code"] == hold.ALREADY_RESOLVED
+    assert again.value.error["code"] == Code.ALREADY_RESOLVED

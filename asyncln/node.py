@@ -1,0 +1,607 @@
+"""The shell: carries out the cores' actions against lightningd, off the hook path.
+
+plugin.py hands every hook, notification and RPC call to one :class:`Node`.
+Hooks and notifications only feed the pure cores (fast, under ``lock``) and
+queue the actions they return; one worker thread does the slow I/O
+(``getroutes``, ``sendpay``, datastore writes, waiting for a reconnected
+peer's channel) and feeds each result back. A plain forward therefore never
+waits behind a poll round. An action that raises is reported to the core
+(:meth:`hold.Relay.action_failed`) and the rest of the queue goes on.
+"""
+
+import os
+import threading
+import time
+from collections import deque
+from typing import Callable, Dict, List, Optional, assert_never
+
+from pyln.client import RpcError
+
+from . import __version__, hold, messages, payer
+from .errors import AsynclnError, Code
+from .features import FEATURE_BIT, has_feature
+from .lightningd import (
+    first_route,
+    judge_attempt,
+    msat,
+    next_attempt_ids,
+    outgoing_htlc_hashes,
+    rpc_message,
+    sendpay_route,
+)
+from .policy import Policy
+from .record import find_record
+from .states import HOLD_OPEN, PAY_OPEN, HoldState, PayState
+from .store import Store
+from .wire import DecodeError
+
+ROUTE_LAYERS = ["auto.localchans", "auto.sourcefree"]
+PEER_READY_SECONDS = 60    # longest wait for a reconnected peer's channel
+TICK_SECONDS = 0.2         # how often the worker looks at waking peers and an unsynced chain
+RECONCILE_SECONDS = 30     # re-issue what is owed even without a new block
+
+CONTINUE = {"result": "continue"}
+
+
+def synced(info: dict) -> bool:
+    """getinfo says lightningd and bitcoind are caught up (CLN-FACTS: heights lag otherwise)."""
+    return "warning_bitcoind_sync" not in info and "warning_lightningd_sync" not in info
+
+
+def incoming_from_hook(htlc: dict, onion: dict, peer_id: Optional[str]) -> hold.Incoming:
+    return hold.Incoming(channel=htlc["short_channel_id"], htlc_id=int(htlc["id"]),
+                         amount_msat=msat(htlc["amount_msat"]),
+                         cltv_expiry=int(htlc["cltv_expiry"]), peer=peer_id,
+                         shared_secret=onion.get("shared_secret"))
+
+
+def carries_record(onion: dict) -> bool:
+    try:
+        return find_record(bytes.fromhex(onion["payload"])) is not None
+    except (DecodeError, KeyError, ValueError):
+        return False
+
+
+class Node:
+    """Everything the shell keeps between calls; one per plugin process."""
+
+    def __init__(self, rpc, log: Callable[..., None], policy: Policy,
+                 refused_options: Optional[str] = None, plugin_path: Optional[str] = None):
+        self.rpc = rpc
+        self.log = log
+        self.lock = threading.RLock()
+        self.store = Store(rpc)
+        info = rpc.getinfo()
+        self.node_id = info["id"]
+        self.refused_options = refused_options
+        self.important = self._is_important(plugin_path)
+        self.relay = hold.Relay(
+            policy, info["blockheight"],
+            (hold.HeldPayment.from_json(v) for v in self.store.load("held").values()),
+            synced=synced(info), accept_new=refused_options is None)
+        self.pays: Dict[str, payer.Pay] = {
+            k: payer.Pay.from_json(v) for k, v in self.store.load("pay").items()}
+        self.terms: Dict[str, Policy] = {}   # peer -> the terms its INFO announced
+        self.pending: Dict[str, object] = {}  # payment hash -> htlc_accepted request
+        self.paying: set = set()             # hashes an asyncln-pay call is working on
+        self._jobs: deque = deque()
+        self._cv = threading.Condition()
+        self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
+        self._last_tick = self._last_reconcile = time.monotonic()
+
+    def has_open_records(self) -> bool:
+        return (any(h.state in HOLD_OPEN for h in self.relay.held.values())
+                or any(p.status in PAY_OPEN for p in self.pays.values()))
+
+    def start(self) -> None:
+        """Start the worker, then settle what a crash may have left open."""
+        threading.Thread(target=self._work, name="asyncln-worker", daemon=True).start()
+        self.submit(self._startup)
+
+    def _startup(self) -> None:
+        self.reconcile()
+        for peer in self.asyncln_peers():
+            self.greet(peer)
+
+    # --- the worker --------------------------------------------------------
+
+    def submit(self, job: Callable[[], None], urgent: bool = False) -> None:
+        with self._cv:
+            (self._jobs.appendleft if urgent else self._jobs.append)(job)
+            self._cv.notify()
+
+    def submit_actions(self, actions: List[hold.Action]) -> None:
+        if actions:
+            urgent = any(isinstance(a, (hold.ResolveIncoming, hold.FailIncoming)) for a in actions)
+            self.submit(lambda: self.run(actions), urgent)
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                if not self._jobs:
+                    self._cv.wait(TICK_SECONDS)
+                job = self._jobs.popleft() if self._jobs else None
+            for step in ([job] if job else []) + [self._tick]:
+                try:
+                    step()
+                except Exception as e:  # the worker must outlive any one job
+                    self.log(f"internal error in the worker: {e!r}", level="warn")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_tick < TICK_SECONDS:
+            return
+        self._last_tick = now
+        for peer, deadline in list(self._waking.items()):
+            if now > deadline or self.channel_ready(peer):
+                with self._cv:
+                    self._waking.pop(peer, None)
+                with self.lock:
+                    actions = self.relay.peer_online(peer)
+                self.run(actions)
+        if not self.relay.synced:
+            self.check_chain()
+        if now - self._last_reconcile >= RECONCILE_SECONDS:
+            self.reconcile()
+
+    def run(self, actions: List[hold.Action]) -> None:
+        """Carry out actions in order; a failed one is reported, and the rest still run."""
+        queue = deque(actions)
+        while queue:
+            action = queue.popleft()
+            try:
+                follow = self.execute(action)
+            except Exception as e:
+                error = rpc_message(e) if isinstance(e, RpcError) else repr(e)
+                self.log(f"{type(action).__name__} for {action.payment_hash} failed: {error}",
+                         level="warn")
+                with self.lock:
+                    follow = self.relay.action_failed(action, error)
+            queue.extendleft(reversed(follow))
+
+    def execute(self, action: hold.Action) -> List[hold.Action]:
+        match action:
+            case hold.Persist(held=held):
+                self.store.put("held", held.payment_hash, held.to_json())
+            case hold.Forget(payment_hash=payment_hash):
+                self.store.delete("held", payment_hash)
+            case hold.FindRoute():
+                return self.find_route(action)
+            case hold.SendPay():
+                return self.send_attempt(action)
+            case hold.CheckAttempt(payment_hash=payment_hash, partid=partid):
+                return self.check_attempt(payment_hash, partid)
+            case hold.ResolveIncoming(payment_hash=payment_hash, preimage=preimage):
+                self.answer(payment_hash, {"result": "resolve", "payment_key": preimage},
+                            "resolved with the preimage")
+            case hold.FailIncoming(payment_hash=payment_hash, failure_message=message, reason=reason):
+                self.answer(payment_hash, {"result": "fail", "failure_message": message},
+                            f"failed back: {reason}")
+            case hold.NotifyPayer():
+                self.send(action.payer, messages.PaymentStatus(
+                    action.payment_hash, action.state, action.give_up_height,
+                    action.next_poll_height, action.attempts, action.reason))
+            case _:
+                assert_never(action)
+        return []
+
+    # --- the holding node's actions ----------------------------------------
+
+    def find_route(self, action: hold.FindRoute) -> List[hold.Action]:
+        try:
+            answer = self.rpc.call("getroutes", {
+                "source": self.node_id, "destination": action.destination,
+                "amount_msat": action.amount_msat, "layers": ROUTE_LAYERS,
+                "maxfee_msat": action.maxfee_msat, "final_cltv": action.final_cltv,
+                "maxdelay": action.maxdelay, "maxparts": 1})
+            route = sendpay_route(first_route(answer))
+        except RpcError as e:
+            with self.lock:
+                return self.relay.route_failed(action.payment_hash, rpc_message(e))
+        except (KeyError, IndexError, ValueError) as e:
+            with self.lock:
+                return self.relay.route_failed(action.payment_hash, f"unusable getroutes answer: {e!r}")
+        with self.lock:
+            return self.relay.route_found(action.payment_hash, route)
+
+    def send_attempt(self, action: hold.SendPay) -> List[hold.Action]:
+        """Re-check lightningd's own height just before sending, then send with our partid."""
+        with self.lock:
+            if not self.relay.may_send(action.payment_hash, action.partid):
+                return []
+        info = self.rpc.getinfo()
+        refusal = None
+        if not synced(info):
+            refusal = "lightningd is catching up with the chain"
+        elif info["blockheight"] + 1 > action.max_height:
+            refusal = (f"at height {info['blockheight']} the route's expiry would pass "
+                       f"cltv_expiry - safety (highest safe height {action.max_height - 1})")
+        if refusal:
+            with self.lock:
+                return self.relay.send_refused(action.payment_hash, action.partid, refusal)
+        parts = self.rpc.call("listsendpays", {"payment_hash": action.payment_hash})["payments"]
+        groupid, _ = next_attempt_ids(parts)
+        try:
+            result = self.rpc.call("sendpay", {
+                "route": list(action.route), "payment_hash": action.payment_hash,
+                "payment_secret": action.payment_secret, "amount_msat": action.total_msat,
+                "partid": action.partid, "groupid": groupid, "label": "asyncln-relay"})
+        except RpcError as e:
+            # Believe lightningd's records, not the error.
+            self.log(f"sendpay for {action.payment_hash} answered: {rpc_message(e)}", level="info")
+            return [hold.CheckAttempt(action.payment_hash, action.partid)]
+        self.log(f"forwarding held payment {action.payment_hash} (part {action.partid})")
+        if result.get("status") == "complete":
+            with self.lock:
+                return self.relay.attempt_succeeded(action.payment_hash, result["payment_preimage"])
+        return []
+
+    def check_attempt(self, payment_hash: str, partid: int) -> List[hold.Action]:
+        parts = self.rpc.call("listsendpays", {"payment_hash": payment_hash})["payments"]
+        htlc_out = payment_hash in outgoing_htlc_hashes(self.rpc.call("listpeerchannels")["channels"])
+        outcome = judge_attempt(parts, partid, htlc_out)
+        with self.lock:
+            return self.relay.attempt_checked(payment_hash, partid, outcome)
+
+    def answer(self, payment_hash: str, result: dict, what: str) -> None:
+        with self.lock:
+            request = self.pending.pop(payment_hash, None)
+        if request is None:
+            self.log(f"HTLC {payment_hash} {what}, but lightningd no longer waits on it",
+                     level="debug")
+            return
+        try:
+            request.set_result(result)
+        except Exception:
+            with self.lock:
+                self.pending.setdefault(payment_hash, request)
+            raise
+        self.log(f"HTLC {payment_hash} {what}")
+
+    def send(self, peer: str, msg) -> bool:
+        """Informative messages: a peer that is gone is not an error."""
+        try:
+            self.rpc.call("sendcustommsg", {"node_id": peer, "msg": messages.encode(msg)})
+            return True
+        except RpcError as e:
+            self.log(f"could not message {peer}: {rpc_message(e)}", level="debug")
+            return False
+
+    # --- events from hooks and notifications (dispatch thread: no I/O) ------
+
+    def htlc_accepted(self, onion: dict, htlc: dict, peer_id: Optional[str], request) -> None:
+        try:
+            plain = find_record(bytes.fromhex(onion["payload"])) is None
+        except DecodeError:
+            plain = False  # the relay refuses it, with the failure that fits
+        if plain:
+            request.set_result(CONTINUE)  # not ours: never wait for the lock a poll round holds
+            return
+        incoming = incoming_from_hook(htlc, onion, peer_id)
+        tip = None
+        if "cltv_expiry_relative" in htlc:
+            tip = incoming.cltv_expiry - int(htlc["cltv_expiry_relative"])
+        payment_hash = htlc["payment_hash"]
+        with self.lock:
+            verdict, actions = self.relay.htlc_accepted(
+                payment_hash, incoming, bytes.fromhex(onion["payload"]),
+                msat(onion.get("forward_msat", 0)), int(onion.get("outgoing_cltv_value", 0)), tip)
+            match verdict:
+                case hold.Continue():
+                    request.set_result(CONTINUE)
+                case hold.Reject(failure_message=message, reason=reason):
+                    self.log(f"rejecting asyncln HTLC {payment_hash}: {reason}", level="info")
+                    request.set_result({"result": "fail", "failure_message": message})
+                case hold.Hold():
+                    self.pending[payment_hash] = request
+                case _:
+                    assert_never(verdict)
+        self.submit_actions(actions)
+
+    def block(self, height: int) -> None:
+        def job():
+            self.check_chain(height)
+            self.reconcile()
+        self.submit(job)
+
+    def check_chain(self, hint: int = 0) -> None:
+        """Feed the relay lightningd's height and sync state (getinfo), never a stale guess."""
+        info = self.rpc.getinfo()
+        with self.lock:
+            actions = self.relay.chain(max(info["blockheight"], hint), synced(info))
+        self.run(actions)
+
+    def reconcile(self) -> None:
+        """Re-issue what is owed; settle open payments from lightningd's own records."""
+        self._last_reconcile = time.monotonic()
+        with self.lock:
+            actions = self.relay.reconcile()
+        self.run(actions)
+        self.reconcile_pays()
+
+    def peer_connected(self, peer: str) -> None:
+        def job():
+            if peer in self.asyncln_peers():
+                self.greet(peer)
+        self.submit(job)
+        self.wake(peer)
+
+    def wake(self, peer: str) -> None:
+        """Deliver to ``peer`` once its channel is usable: at most one wait per peer."""
+        with self.lock:
+            holding = bool(self.relay.by_node.get(peer))
+        if holding:
+            with self._cv:
+                self._waking.setdefault(peer, time.monotonic() + PEER_READY_SECONDS)
+                self._cv.notify()
+
+    def attempt_succeeded(self, payment_hash: str, preimage: str) -> None:
+        with self.lock:
+            actions = self.relay.attempt_succeeded(payment_hash, preimage)
+            pay = self.pays.get(payment_hash)
+            updated = pay and payer.on_success(pay, preimage)
+        self.submit_actions(actions)
+        if updated:
+            self.save_pay(updated, durable=False)
+
+    def attempt_failed(self, failure: dict) -> None:
+        data = failure.get("data", {})
+        payment_hash = data.get("payment_hash")
+        if payment_hash is None:
+            return
+        message = failure.get("message", "payment failed")
+        failcode = data.get("failcode", 0)
+        permanent = bool(failcode & 0x4000)
+        partid, groupid = data.get("partid", 0), data.get("groupid")
+        with self.lock:
+            actions = self.relay.attempt_failed(payment_hash, partid, message,
+                                                data.get("erring_node") if permanent else None)
+            pay = self.pays.get(payment_hash)
+            updated = pay and payer.on_failure(pay, partid, groupid, data.get("failcode"),
+                                               data.get("erring_index"), message)
+        self.submit_actions(actions)
+        if updated:
+            self.save_pay(updated, durable=False)
+
+    def custom_message(self, peer: str, payload: str) -> None:
+        try:
+            msg = messages.decode(payload)
+        except DecodeError as e:
+            self.log(f"ignoring malformed asyncln message from {peer}: {e}", level="info")
+            return
+        match msg:
+            case None:
+                return
+            case messages.QueryInfo():
+                self.submit(lambda: self.send(peer, self.relay.policy))
+            case Policy():
+                with self.lock:
+                    self.terms[peer] = msg
+            case messages.Online():
+                self.wake(peer)
+            case messages.PaymentStatus():
+                with self.lock:
+                    pay = self.pays.get(msg.payment_hash)
+                    updated = pay and payer.on_status(pay, msg, peer)
+                if updated:
+                    self.save_pay(updated, durable=False)
+                else:
+                    self.log(f"ignoring status for {msg.payment_hash} from {peer}", level="info")
+            case _:
+                assert_never(msg)
+
+    # --- peers -----------------------------------------------------------
+
+    def asyncln_peers(self) -> List[str]:
+        return [p["id"] for p in self.rpc.call("listpeers")["peers"]
+                if p.get("connected") and has_feature(p.get("features", ""))]
+
+    def greet(self, peer: str) -> None:
+        """A peer that speaks asyncln connected: learn its terms, say we're back."""
+        self.send(peer, messages.QueryInfo())
+        self.send(peer, messages.Online())
+
+    def channel_ready(self, peer: str) -> bool:
+        channels = self.rpc.call("listpeerchannels", {"id": peer})["channels"]
+        return not channels or any(
+            c.get("peer_connected") and c.get("state") == "CHANNELD_NORMAL"
+            and c.get("reestablished", True) for c in channels)
+
+    def _is_important(self, plugin_path: Optional[str]) -> bool:
+        """Loaded with important-plugin=, so that lightningd stops rather than fail held HTLCs."""
+        if plugin_path is None:
+            return False
+        try:
+            configs = self.rpc.call("listconfigs", {"config": "important-plugin"})["configs"]
+        except (RpcError, KeyError):
+            return False
+        paths = configs.get("important-plugin", {}).get("values_str", [])
+        return os.path.realpath(plugin_path) in {os.path.realpath(p) for p in paths}
+
+    # --- the paying side ---------------------------------------------------
+
+    def save_pay(self, pay: payer.Pay, durable: bool = True) -> None:
+        """Memory at once; the datastore now (``durable``) or from the worker."""
+        with self.lock:
+            self.pays[pay.payment_hash] = pay
+        if durable:
+            self.store.put("pay", pay.payment_hash, pay.to_json())
+        else:
+            self.submit(lambda: self.store.put("pay", pay.payment_hash,
+                                               self.pays[pay.payment_hash].to_json()))
+
+    def reconcile_pays(self) -> None:
+        with self.lock:
+            open_pays = [p for p in self.pays.values()
+                         if p.status in PAY_OPEN and p.payment_hash not in self.paying]
+        if not open_pays:
+            return
+        htlcs = outgoing_htlc_hashes(self.rpc.call("listpeerchannels")["channels"])
+        for pay in open_pays:
+            parts = self.rpc.call("listsendpays", {"payment_hash": pay.payment_hash})["payments"]
+            with self.lock:
+                if self.pays.get(pay.payment_hash) is not pay:
+                    continue  # a notification moved it meanwhile
+                updated = payer.reconcile(pay, parts, pay.payment_hash in htlcs, self.relay.height)
+            if updated:
+                self.save_pay(updated)
+
+    def pay(self, invstring: str, trampoline: Optional[str], maxfee_msat, max_hold_blocks) -> dict:
+        try:
+            decoded = self.rpc.call("decode", {"string": invstring})
+        except RpcError as e:
+            raise AsynclnError(f"cannot decode invstring: {rpc_message(e)}", Code.INVOICE_UNUSABLE)
+        now = int(time.time())
+        invoice = payer.check_invoice(decoded, now, invstring)
+        with self.lock:
+            existing = self.pays.get(invoice.payment_hash)
+            payer.may_pay_again(existing)
+            if invoice.payment_hash in self.paying:
+                raise AsynclnError("this invoice is already being paid", Code.PAYMENT_EXISTS)
+            self.paying.add(invoice.payment_hash)
+            terms = dict(self.terms)
+        try:
+            return self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now)
+        finally:
+            with self.lock:
+                self.paying.discard(invoice.payment_hash)
+
+    def _pay(self, invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now) -> dict:
+        maxfee = payer.default_maxfee(invoice.amount_msat) if maxfee_msat is None else _int(maxfee_msat, "maxfee_msat")
+        try:
+            trampoline, info = payer.choose_trampoline(
+                trampoline, invoice.destination, terms, set(self.asyncln_peers()),
+                invoice.amount_msat, maxfee)
+        except AsynclnError as e:
+            if e.code == Code.TRAMPOLINE_TERMS_UNKNOWN and trampoline:
+                self.send(trampoline, messages.QueryInfo())
+            raise
+        hold_for = payer.hold_blocks(None if max_hold_blocks is None else _int(max_hold_blocks, "max_hold_blocks"),
+                                     info, invoice, now)
+        final_cltv = payer.final_cltv_to_trampoline(invoice, hold_for, info)
+        path = self.route_to(trampoline, invoice.amount_msat + maxfee, maxfee, final_cltv)
+        to_trampoline = path[0]["amount_out_msat"] - path[-1]["amount_out_msat"]
+        amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info)
+        if amount != path[-1]["amount_out_msat"]:
+            path = self.route_to(trampoline, amount, maxfee, final_cltv)
+        height = self.rpc.getinfo()["blockheight"]
+        # Reports only reach a connected peer: ask for them only when S is ours.
+        report_to = self.node_id if len(path) == 1 else None
+        hops, first_hop, cltv_expiry = payer.plan(invoice, path, height, hold_for, report_to)
+        onion = self.rpc.call("createonion", {"hops": hops, "assocdata": invoice.payment_hash})
+        parts = self.rpc.call("listsendpays", {"payment_hash": invoice.payment_hash})["payments"]
+        groupid, partid = next_attempt_ids(parts)
+        fields = dict(payment_hash=invoice.payment_hash, bolt11=invoice.bolt11,
+                      destination=invoice.destination, trampoline=trampoline,
+                      amount_msat=invoice.amount_msat, amount_sent_msat=first_hop["amount_msat"],
+                      cltv_expiry=cltv_expiry, max_hold_blocks=hold_for, created_at=now,
+                      trampoline_index=len(hops), partid=partid, groupid=groupid,
+                      report=report_to is not None)
+        pay = payer.restart(existing, **fields) if existing else payer.Pay(**fields)
+        self.save_pay(pay)
+        try:
+            # No total_amount_msat: lightningd then lets a retry join the group of
+            # a part a crash left pending with no HTLC (CLN-FACTS, #3916).
+            self.rpc.call("sendonion", {
+                "onion": onion["onion"], "first_hop": first_hop,
+                "payment_hash": invoice.payment_hash, "shared_secrets": onion["shared_secrets"],
+                "partid": partid, "groupid": groupid,
+                "label": "asyncln-pay", "bolt11": invoice.bolt11,
+                "amount_msat": invoice.amount_msat, "destination": invoice.destination})
+        except RpcError as e:
+            failed = payer.on_failure(pay, partid, groupid, None, None, rpc_message(e))
+            if failed:
+                self.save_pay(failed)
+            raise AsynclnError(f"sendonion failed: {rpc_message(e)}", Code.SEND_FAILED)
+        return pay_json(self.pays[invoice.payment_hash])
+
+    def route_to(self, trampoline, amount_msat, maxfee_msat, final_cltv) -> List[dict]:
+        try:
+            return first_route(self.rpc.call("getroutes", {
+                "source": self.node_id, "destination": trampoline, "amount_msat": amount_msat,
+                "layers": ROUTE_LAYERS, "maxfee_msat": maxfee_msat, "final_cltv": final_cltv,
+                "maxparts": 1}))
+        except RpcError as e:
+            raise AsynclnError(f"no route to the trampoline: {rpc_message(e)}", Code.SEND_FAILED)
+
+    # --- operator views ----------------------------------------------------
+
+    def listpays(self, payment_hash: Optional[str] = None) -> dict:
+        with self.lock:
+            pays = [p for p in self.pays.values() if payment_hash in (None, p.payment_hash)]
+            return {"pays": [pay_json(p) for p in sorted(pays, key=lambda p: p.created_at)]}
+
+    def listheld(self, payment_hash: Optional[str] = None) -> dict:
+        with self.lock:
+            held = [h for h in self.relay.held.values() if payment_hash in (None, h.payment_hash)]
+            return {"held": [held_json(h) for h in sorted(held, key=lambda h: h.hold_start)]}
+
+    def poll(self, payment_hash: Optional[str] = None) -> dict:
+        with self.lock:
+            actions = self.relay.poll(payment_hash)
+        self.submit_actions(actions)
+        return self.listheld(payment_hash)
+
+    def cancel(self, payment_hash: str) -> dict:
+        with self.lock:
+            actions = self.relay.cancel(payment_hash)
+            entry = held_json(self.relay.held[payment_hash])
+        self.submit_actions(actions)
+        return entry
+
+    def getinfo(self) -> dict:
+        with self.lock:
+            relay = self.relay
+            warnings = []
+            if not self.important:
+                warnings.append("asyncln is not loaded with important-plugin=: if it dies, "
+                                "lightningd fails the HTLCs it holds (see README)")
+            if self.refused_options:
+                warnings.append(f"options refused ({self.refused_options}): serving open records, "
+                                "accepting no new holds")
+            if not relay.synced:
+                warnings.append("lightningd is catching up with the chain: no new holds or attempts")
+            return {
+                "version": __version__, "feature_bit": FEATURE_BIT,
+                "blockheight": relay.height, "synced": relay.synced,
+                "important_plugin": self.important,
+                "options": relay.policy.as_json(),
+                "held": {s.value: sum(h.state == s for h in relay.held.values()) for s in HoldState},
+                "held_msat": relay.active_msat,
+                "pays": {s.value: sum(p.status == s for p in self.pays.values()) for s in PayState},
+                "trampolines": [{"id": peer, "relay": i.relay, "fee_base_msat": i.fee_base_msat,
+                                 "fee_ppm": i.fee_ppm, "max_hold_blocks": i.max_hold_blocks,
+                                 "min_held_msat": i.min_held_msat}
+                                for peer, i in sorted(self.terms.items())],
+                "warnings": warnings,
+            }
+
+
+def _int(value, name: str) -> int:
+    try:
+        number = msat(value)
+    except (TypeError, ValueError):
+        raise AsynclnError(f"{name} must be an integer, not {value!r}", Code.BAD_PARAMETER)
+    if number < 0:
+        raise AsynclnError(f"{name} cannot be negative", Code.BAD_PARAMETER)
+    return number
+
+
+def pay_json(pay: payer.Pay) -> dict:
+    return {k: v for k, v in pay.to_json().items() if v is not None}
+
+
+def held_json(h: hold.HeldPayment) -> dict:
+    out = {"payment_hash": h.payment_hash, "state": h.state.value, "next_node": h.record.next_node,
+           "incoming_msat": h.incoming.amount_msat, "outgoing_msat": h.record.amount_msat,
+           "cltv_expiry": h.incoming.cltv_expiry, "hold_start": h.hold_start,
+           "give_up_height": h.give_up_height, "next_poll_height": h.next_poll_height,
+           "attempts": h.attempts, "partid": h.partid, "please_poll": h.record.please_poll,
+           "channel": h.incoming.channel}
+    if h.incoming.peer:
+        out["incoming_peer"] = h.incoming.peer
+    if h.last_error:
+        out["last_error"] = h.last_error
+    if h.payer:
+        out["payer"] = h.payer
+    return out
