@@ -32,6 +32,8 @@ integration: setup
 
 bench: setup
 	$(PY) bench/bench_htlc.py
+	$(PY) bench/bench_load.py
+	$(PY) bench/bench_core.py
 
 # The scenario of issue 2 on a local regtest: A pays offline B through S.
 demo: setup

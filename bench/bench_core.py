@@ -1,0 +1,176 @@
+"""`make bench`, part 2: the pure holding core (asyncln.hold.Relay) at 10,000 held, no stdio.
+
+Each figure is the median of a few rounds within one run:
+
+* admission: one htlc_accepted that carries an asyncln record and is held,
+  with 10,000 payments already held, and the same at 100 held (their ratio
+  should be ~1: admission only reads running totals);
+* block() with nothing due, at 10,000 held (it should only peek at the
+  heap of due heights), and for scale the block() that wakes them all;
+* restart recovery: 10,000 datastore strings through json.loads,
+  HeldPayment.from_json and a new Relay, as Node.__init__ does.
+
+No asserts on time: the figures are printed beside their targets.
+"""
+
+import gc
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+from factories import node_id, payload, record  # noqa: E402
+
+from asyncln.hold import FindRoute, Hold, HeldPayment, Incoming, Relay  # noqa: E402
+from asyncln.policy import Policy  # noqa: E402
+from asyncln.record import TrampolineRecord, find_record  # noqa: E402
+
+ROUNDS = 5
+HELD = 10_000
+FEW = 100
+ADMISSION_ROUNDS = 9
+ADMIT_PER_ROUND = 500
+BLOCKS_PER_ROUND = 400
+RECOVERY_ROUNDS = 3
+NODES = 100                 # distinct recipients the held payments wait for
+HEIGHT = 1000
+CLTV_EXPIRY = 4000
+AMOUNT, INCOMING_MSAT = 100_000, 110_000
+PEER = node_id(1)
+
+# Caps out of the way; polls far enough apart that the blocks timed below wake nothing.
+POLICY = Policy(poll_blocks=500, max_hold_blocks=2000, max_held=10**6, max_held_msat=10**15,
+                max_held_per_peer=10**6, max_held_msat_per_peer=10**15)
+PAYLOADS = [payload(record(amount=AMOUNT, node=node_id(10 + n)), INCOMING_MSAT, CLTV_EXPIRY)
+            for n in range(NODES)]
+
+
+def hook(i):
+    """The arguments of the i-th distinct held HTLC: own hash, own HTLC, one of NODES recipients."""
+    payment_hash = hashlib.sha256(i.to_bytes(8, "big")).hexdigest()
+    incoming = Incoming(channel="103x1x0", htlc_id=i, amount_msat=INCOMING_MSAT,
+                        cltv_expiry=CLTV_EXPIRY, peer=PEER, shared_secret=f"{i:064x}")
+    return payment_hash, incoming, PAYLOADS[i % NODES], INCOMING_MSAT, CLTV_EXPIRY
+
+
+def settled_relay(count):
+    """A relay holding ``count`` payments whose first route searches all failed (nodes offline)."""
+    relay = Relay(POLICY, HEIGHT)
+    for i in range(count):
+        verdict, actions = relay.htlc_accepted(*hook(i))
+        assert verdict == Hold(), verdict
+        for action in actions:
+            if isinstance(action, FindRoute):
+                relay.route_failed(action.payment_hash, "Unknown destination")
+    assert len(relay.held) == count and not relay.searching, (len(relay.held), len(relay.searching))
+    return relay
+
+
+def admission_us(held, calls):
+    """The cost of one held htlc_accepted, on a fresh relay already holding ``held``."""
+    relay = Relay(POLICY, HEIGHT, held)
+    gc.collect()
+    start = time.perf_counter()
+    for call in calls:
+        relay.htlc_accepted(*call)
+    elapsed = time.perf_counter() - start
+    assert len(relay.held) == len(held) + len(calls)
+    return elapsed / len(calls) * 1e6
+
+
+def parsing_us(calls):
+    """The part of admission that reads the onion: find_record + TrampolineRecord.decode."""
+    start = time.perf_counter()
+    for call in calls:
+        TrampolineRecord.decode(find_record(call[2])[1])
+    return (time.perf_counter() - start) / len(calls) * 1e6
+
+
+def idle_block_ms(held):
+    """Median over rounds of one block() that wakes nothing, at ``len(held)`` held."""
+    samples = []
+    for _ in range(ROUNDS):
+        relay = Relay(POLICY, HEIGHT, held)
+        gc.collect()
+        start = time.perf_counter()
+        for height in range(HEIGHT + 1, HEIGHT + 1 + BLOCKS_PER_ROUND):
+            actions = relay.block(height)
+            assert not actions, actions
+        samples.append((time.perf_counter() - start) / BLOCKS_PER_ROUND * 1e3)
+    return statistics.median(samples)
+
+
+def wake_all_ms(held):
+    """Median over rounds of the block() that makes every held payment due (a poll round's start)."""
+    samples = []
+    for _ in range(ROUNDS):
+        relay = Relay(POLICY, HEIGHT, held)
+        gc.collect()
+        start = time.perf_counter()
+        actions = relay.block(HEIGHT + POLICY.poll_blocks)
+        samples.append((time.perf_counter() - start) * 1e3)
+        assert sum(isinstance(a, FindRoute) for a in actions) == NODES, len(actions)
+    return statistics.median(samples)
+
+
+def recovery_s(strings):
+    """Median over rounds of json.loads + HeldPayment.from_json + Relay() for every string."""
+    samples = []
+    for _ in range(RECOVERY_ROUNDS):
+        gc.collect()
+        start = time.perf_counter()
+        relay = Relay(POLICY, HEIGHT, (HeldPayment.from_json(json.loads(s)) for s in strings))
+        samples.append(time.perf_counter() - start)
+        assert len(relay.held) == len(strings)
+    return statistics.median(samples)
+
+
+def main():
+    big = list(settled_relay(HELD).held.values())
+    few = big[:FEW]
+    # What Store.put wrote for each record: the strings lightningd's datastore hands back.
+    strings = [json.dumps(h.to_json(), sort_keys=True) for h in big]
+
+    # Rounds alternate between the two sizes, so the machine's noise hits both alike.
+    calls = [hook(i) for i in range(HELD, HELD + ADMIT_PER_ROUND)]
+    many, fewer, parsing = [], [], []
+    for _ in range(ADMISSION_ROUNDS):
+        many.append(admission_us(big, calls))
+        fewer.append(admission_us(few, calls))
+        parsing.append(parsing_us(calls))
+    at_many, at_few = statistics.median(many), statistics.median(fewer)
+    block_ms = idle_block_ms(big)
+    wake_ms = wake_all_ms(big)
+    recovery = recovery_s(strings)
+
+    print()
+    print(f"Holding core (asyncln.hold.Relay, no stdio), {HELD:,} held for {NODES} offline nodes, "
+          f"median of {ADMISSION_ROUNDS} rounds (admission) or {ROUNDS} (block), one run:")
+    show(f"admission (a held htlc_accepted) at {HELD:,} held", at_many, "us", "<=", 50)
+    show("  of which reading the record (find_record, decode)", statistics.median(parsing), "us")
+    show(f"admission at {FEW} held", at_few, "us")
+    print(f"  {'admission ratio ' + f'{HELD:,} held / {FEW} held':52} {at_many / at_few:9.2f}"
+          f"      target ~1 (O(1) admission)")
+    show(f"block() with nothing due at {HELD:,} held", block_ms, "ms", "<=", 5, digits=4)
+    show(f"  for scale: block() waking all {HELD:,} (a poll round)", wake_ms, "ms")
+    print()
+    print(f"Restart recovery of {HELD:,} held records, median of {RECOVERY_ROUNDS} rounds, one run:")
+    show("json.loads + HeldPayment.from_json + Relay()", recovery, "s", "<", 2, digits=3)
+
+
+def show(label, value, unit, relation=None, target=None, digits=1):
+    line = f"  {label:52} {value:9.{digits}f} {unit:2}"
+    if target is not None:
+        met = value <= target if relation == "<=" else value < target
+        line += f"   target {relation} {target} {unit}  ({'met' if met else 'MISSED'})"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
