@@ -77,7 +77,7 @@ def on_htlc_accepted(onion, htlc, request, plugin, peer_id=None, **kwargs):
         NODE.htlc_accepted(onion, htlc, peer_id, request)
     except Exception as e:
         plugin.log(f"internal error on HTLC {htlc.get('payment_hash')}: {e!r}", level="warn")
-        if request.state == RequestState.PENDING and NODE.pending.get(htlc.get("payment_hash")) is not request:
+        if request.state == RequestState.PENDING and not NODE.is_pending(request):
             request.set_result(FAIL_TEMPORARY if carries_record(onion) else CONTINUE)
 
 

@@ -55,11 +55,18 @@ class Incoming:
     peer: Optional[str] = None           # the channel's peer: stable across scid changes
     shared_secret: Optional[str] = None  # the onion's shared secret: the same on every replay
 
+    @property
+    def key(self) -> str:
+        """Names this HTLC for the shell's table of hook requests awaiting an answer."""
+        return self.shared_secret or f"{self.channel}/{self.htlc_id}"
+
     def same_htlc(self, other: "Incoming") -> bool:
         """True for a replay of this HTLC, even if its channel's scid changed."""
         if self.shared_secret is None or other.shared_secret is None:
-            # A record written before version 0.2 kept only the channel.
-            return (self.channel, self.htlc_id) == (other.channel, other.htlc_id)
+            # A record written before version 0.2 has no secret and no peer,
+            # and its channel may have been an alias since confirmed.
+            return (self.htlc_id, self.amount_msat, self.cltv_expiry) == (
+                other.htlc_id, other.amount_msat, other.cltv_expiry)
         return (self.shared_secret, self.peer, self.htlc_id, self.amount_msat,
                 self.cltv_expiry) == (other.shared_secret, other.peer, other.htlc_id,
                                       other.amount_msat, other.cltv_expiry)
@@ -174,6 +181,7 @@ class CheckAttempt:
 class ResolveIncoming:
     payment_hash: str
     preimage: str
+    htlc: Optional[str] = None  # Incoming.key: which waiting hook request this answers
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,7 @@ class FailIncoming:
     payment_hash: str
     failure_message: str
     reason: str
+    htlc: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,7 @@ class Relay:
         self.probes: Dict[str, str] = {}    # next node -> the one payment searching for it
         self.followers: Dict[str, Set[str]] = defaultdict(set)
         self.lost_since: Dict[str, int] = {}
+        self.unsent: Set[Tuple[str, int]] = set()  # attempts planned, not yet handed to sendpay
         self.by_node: Dict[str, Set[str]] = defaultdict(set)
         self.active_count = 0
         self.active_msat = 0
@@ -259,9 +269,11 @@ class Relay:
             return self._reattach(existing, incoming)
         if not self.policy.relay:
             return Continue(), []
-        if existing is not None and (existing.state != HoldState.FAILED or existing.attached):
+        if existing is not None and (existing.state != HoldState.FAILED or existing.attached
+                                     or payment_hash in self.unanswered):
             # A completed record must outlive its HTLC: lightningd may replay
-            # that HTLC after a restart and must get the preimage again.
+            # that HTLC after a restart and must get the preimage again. A
+            # failed one is replaced only once its answer went out.
             return Reject(failures.temporary_node_failure(),
                           f"another HTLC with this payment hash is already {existing.state.value}"), []
         rejection = self._admission_error(incoming, record, offset, forward_msat, outgoing_cltv)
@@ -345,6 +357,7 @@ class Relay:
         if problem is not None:
             return actions + self._attempt_failed(held, problem)
         held = self._put(held, state=HoldState.FORWARDING, last_error=None, partid=held.partid + 1)
+        self.unsent.add((payment_hash, held.partid))
         max_height = (held.incoming.cltv_expiry - self.policy.safety_blocks
                       - route[0]["delay"] - 1)
         return actions + [Persist(held),
@@ -366,6 +379,7 @@ class Relay:
         held = self.held.get(payment_hash)
         if held is None or held.state != HoldState.FORWARDING or held.partid != partid:
             return []
+        self.unsent.discard((payment_hash, partid))
         held = self._put(held, state=HoldState.HELD, last_error=reason,
                          next_poll_height=self.height + 1)
         return [Persist(held)]
@@ -419,7 +433,13 @@ class Relay:
                 assert_never(outcome)
 
     def may_send(self, payment_hash: str, partid: int) -> bool:
-        """The shell asks just before ``sendpay``: is attempt ``partid`` still the one to send?"""
+        """The shell asks just before ``sendpay``: is attempt ``partid`` still the one to send?
+
+        A yes commits: from then on the attempt may be in flight, whatever fails later.
+        """
+        if (payment_hash, partid) not in self.unsent:
+            return False
+        self.unsent.discard((payment_hash, partid))
         held = self.held.get(payment_hash)
         return held is not None and held.state == HoldState.FORWARDING and held.partid == partid
 
@@ -429,9 +449,13 @@ class Relay:
             case Persist(held=held):
                 self.unsaved.add(held.payment_hash)
                 current = self.held.get(held.payment_hash)
+                unsent = (held.payment_hash, held.partid)
                 if (current is not None and current.state == HoldState.FORWARDING
-                        and held.state == HoldState.FORWARDING and current.partid == held.partid):
-                    # Never send an attempt a restart would not know about.
+                        and held.state == HoldState.FORWARDING and current.partid == held.partid
+                        and unsent in self.unsent):
+                    # Never send an attempt a restart would not know about;
+                    # one already handed to sendpay stays in flight whatever fails.
+                    self.unsent.discard(unsent)
                     self._put(current, state=HoldState.HELD, next_poll_height=self.height + 1,
                               last_error=f"could not save the attempt: {error}")
                 return []
@@ -443,9 +467,10 @@ class Relay:
                 return [CheckAttempt(payment_hash, partid)]
             case CheckAttempt():
                 return []  # still forwarding; reconcile asks again
-            case ResolveIncoming(payment_hash=payment_hash) | FailIncoming(payment_hash=payment_hash):
+            case ResolveIncoming(payment_hash=payment_hash, htlc=key) | FailIncoming(
+                    payment_hash=payment_hash, htlc=key):
                 held = self.held.get(payment_hash)
-                if held is not None:
+                if held is not None and held.incoming.key == key:
                     self._put(held, attached=True)
                     self.unanswered.add(payment_hash)
                 return []
@@ -597,9 +622,9 @@ class Relay:
             return []
         self._put(held, attached=False)
         if held.state == HoldState.COMPLETE:
-            return [ResolveIncoming(held.payment_hash, held.preimage)]
+            return [ResolveIncoming(held.payment_hash, held.preimage, held.incoming.key)]
         return [FailIncoming(held.payment_hash, held.failure_message,
-                             held.last_error or "failed before restart")]
+                             held.last_error or "failed before restart", held.incoming.key)]
 
     def _may_start(self, held: HeldPayment) -> bool:
         return (held.state == HoldState.HELD and held.attached and self.synced

@@ -31,7 +31,7 @@ from .lightningd import (
 )
 from .policy import Policy
 from .record import find_record
-from .states import HOLD_OPEN, PAY_OPEN, HoldState, PayState
+from .states import PAY_OPEN, HoldState, PayState
 from .store import Store
 from .wire import DecodeError
 
@@ -82,7 +82,10 @@ class Node:
         self.pays: Dict[str, payer.Pay] = {
             k: payer.Pay.from_json(v) for k, v in self.store.load("pay").items()}
         self.terms: Dict[str, Policy] = {}   # peer -> the terms its INFO announced
-        self.pending: Dict[str, object] = {}  # payment hash -> htlc_accepted request
+        # (payment hash, Incoming.key) -> htlc_accepted request awaiting our answer.
+        # Keyed by HTLC, not hash: a second HTLC with the same hash must never
+        # take the first one's answer.
+        self.pending: Dict[tuple, object] = {}
         self.paying: set = set()             # hashes an asyncln-pay call is working on
         self._jobs: deque = deque()
         self._cv = threading.Condition()
@@ -90,8 +93,8 @@ class Node:
         self._last_tick = self._last_reconcile = time.monotonic()
 
     def has_open_records(self) -> bool:
-        return (any(h.state in HOLD_OPEN for h in self.relay.held.values())
-                or any(p.status in PAY_OPEN for p in self.pays.values()))
+        """Any held record counts: a complete or failed one may still be replayed."""
+        return bool(self.relay.held) or any(p.status in PAY_OPEN for p in self.pays.values())
 
     def start(self) -> None:
         """Start the worker, then settle what a crash may have left open."""
@@ -171,11 +174,12 @@ class Node:
                 return self.send_attempt(action)
             case hold.CheckAttempt(payment_hash=payment_hash, partid=partid):
                 return self.check_attempt(payment_hash, partid)
-            case hold.ResolveIncoming(payment_hash=payment_hash, preimage=preimage):
-                self.answer(payment_hash, {"result": "resolve", "payment_key": preimage},
+            case hold.ResolveIncoming(payment_hash=payment_hash, preimage=preimage, htlc=key):
+                self.answer((payment_hash, key), {"result": "resolve", "payment_key": preimage},
                             "resolved with the preimage")
-            case hold.FailIncoming(payment_hash=payment_hash, failure_message=message, reason=reason):
-                self.answer(payment_hash, {"result": "fail", "failure_message": message},
+            case hold.FailIncoming(payment_hash=payment_hash, failure_message=message,
+                                   reason=reason, htlc=key):
+                self.answer((payment_hash, key), {"result": "fail", "failure_message": message},
                             f"failed back: {reason}")
             case hold.NotifyPayer():
                 self.send(action.payer, messages.PaymentStatus(
@@ -243,20 +247,24 @@ class Node:
         with self.lock:
             return self.relay.attempt_checked(payment_hash, partid, outcome)
 
-    def answer(self, payment_hash: str, result: dict, what: str) -> None:
+    def answer(self, htlc: tuple, result: dict, what: str) -> None:
         with self.lock:
-            request = self.pending.pop(payment_hash, None)
+            request = self.pending.pop(htlc, None)
         if request is None:
-            self.log(f"HTLC {payment_hash} {what}, but lightningd no longer waits on it",
+            self.log(f"HTLC {htlc[0]} {what}, but lightningd no longer waits on it",
                      level="debug")
             return
         try:
             request.set_result(result)
         except Exception:
             with self.lock:
-                self.pending.setdefault(payment_hash, request)
+                self.pending.setdefault(htlc, request)
             raise
-        self.log(f"HTLC {payment_hash} {what}")
+        self.log(f"HTLC {htlc[0]} {what}")
+
+    def is_pending(self, request) -> bool:
+        with self.lock:
+            return any(r is request for r in self.pending.values())
 
     def send(self, peer: str, msg) -> bool:
         """Informative messages: a peer that is gone is not an error."""
@@ -293,7 +301,7 @@ class Node:
                     self.log(f"rejecting asyncln HTLC {payment_hash}: {reason}", level="info")
                     request.set_result({"result": "fail", "failure_message": message})
                 case hold.Hold():
-                    self.pending[payment_hash] = request
+                    self.pending[(payment_hash, incoming.key)] = request
                 case _:
                     assert_never(verdict)
         self.submit_actions(actions)

@@ -1,0 +1,89 @@
+"""Findings of an attacker's read of the money paths, each pinned by a test."""
+
+from dataclasses import replace
+
+from factories import PAYMENT_HASH, PREIMAGE, direct_route, incoming, payload, record
+from test_node import RecordingRpc, node
+
+from asyncln import hold
+from asyncln.policy import Policy
+
+POLICY = Policy(poll_blocks=6, max_hold_blocks=100, safety_blocks=10)
+
+
+def arrive(relay, inc):
+    return relay.htlc_accepted(PAYMENT_HASH, inc, payload(record(), inc.amount_msat, inc.cltv_expiry),
+                               inc.amount_msat, inc.cltv_expiry)
+
+
+class Request:
+    def __init__(self):
+        self.results = []
+
+    def set_result(self, result):
+        self.results.append(result)
+
+
+def test_a_second_htlc_with_the_hash_never_takes_the_first_ones_answer():
+    shell = node(RecordingRpc())
+    first, second = Request(), Request()
+    one, two = incoming(), incoming(htlc_id=7, secret="44" * 32)
+    with shell.lock:
+        verdict, _ = arrive(shell.relay, one)
+        shell.pending[(PAYMENT_HASH, one.key)] = first
+        owed = shell.relay.cancel(PAYMENT_HASH)      # FailIncoming for the first, not yet run
+        verdict, actions = arrive(shell.relay, two)  # the second arrives meanwhile
+        assert isinstance(verdict, hold.Hold)
+        shell.pending[(PAYMENT_HASH, two.key)] = second
+    shell.run(owed)
+    assert [r["result"] for r in first.results] == ["fail"]
+    assert second.results == []  # still waiting: its own record answers it
+    with shell.lock:
+        shell.relay.route_found(PAYMENT_HASH, direct_route(record()))
+        done = shell.relay.attempt_succeeded(PAYMENT_HASH, PREIMAGE)
+    shell.run([a for a in done if not isinstance(a, hold.Persist)])
+    assert second.results == [{"result": "resolve", "payment_key": PREIMAGE}]
+
+
+def test_an_unanswered_failed_record_is_not_replaced():
+    relay = hold.Relay(POLICY, 1000)
+    arrive(relay, incoming())
+    fail = relay.cancel(PAYMENT_HASH)[-1]
+    relay.action_failed(fail, "stdout broke")
+    verdict, _ = arrive(relay, incoming(htlc_id=7, secret="44" * 32))
+    assert isinstance(verdict, hold.Reject)
+    assert relay.reconcile()[-1] == fail  # and the first still gets its answer
+
+
+def test_a_failed_resave_never_unsends_a_sent_attempt():
+    relay = hold.Relay(POLICY, 1000)
+    _, actions = arrive(relay, incoming())
+    relay.action_failed(actions[0], "datastore broke")  # the first save failed: unsaved
+    relay.route_failed(PAYMENT_HASH, "offline")
+    relay.block(1006)
+    sent = relay.route_found(PAYMENT_HASH, direct_route(record()))
+    assert relay.may_send(PAYMENT_HASH, sent[-1].partid)  # handed to sendpay
+    resave = next(a for a in relay.reconcile() if isinstance(a, hold.Persist))
+    relay.action_failed(resave, "datastore broke again")
+    assert relay.held[PAYMENT_HASH].state == hold.HoldState.FORWARDING
+    assert relay.block(1200) == []  # no fail-back past the deadline while in flight
+    assert relay.attempt_succeeded(PAYMENT_HASH, PREIMAGE)[-1].preimage == PREIMAGE
+
+
+def test_a_version_0_1_record_is_recognised_after_its_alias_became_an_scid():
+    old = replace(incoming(channel="1x0x0"), peer=None, shared_secret=None)
+    stored = hold.HeldPayment(PAYMENT_HASH, old, record(), 1000, 1100, 1000,
+                              state=hold.HoldState.COMPLETE, preimage=PREIMAGE)
+    relay = hold.Relay(POLICY, 1010, [hold.HeldPayment.from_json(stored.to_json())])
+    verdict, actions = arrive(relay, incoming(channel="103x1x0"))
+    assert isinstance(verdict, hold.Hold)
+    assert actions == [hold.ResolveIncoming(PAYMENT_HASH, PREIMAGE, "103x1x0/0")]
+
+
+def test_a_completed_record_keeps_the_plugin_from_disabling_itself():
+    rpc = RecordingRpc()
+    shell = node(rpc)
+    done = hold.HeldPayment(PAYMENT_HASH, incoming(), record(), 1000, 1100, 1000,
+                            state=hold.HoldState.COMPLETE, preimage=PREIMAGE)
+    shell.relay = hold.Relay(POLICY, 1000, [done])
+    assert shell.has_open_records()
