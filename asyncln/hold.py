@@ -227,7 +227,7 @@ class Relay:
         self.searching: Set[str] = set()    # a FindRoute is out
         self.probes: Dict[str, str] = {}    # next node -> the one payment searching for it
         self.followers: Dict[str, Set[str]] = defaultdict(set)
-        self.lost_since: Dict[str, int] = {}
+        self.lost_since: Dict[Tuple[str, int], int] = {}  # (hash, partid) first judged Lost
         self.unsent: Set[Tuple[str, int]] = set()  # attempts planned, not yet handed to sendpay
         self.by_node: Dict[str, Set[str]] = defaultdict(set)
         self.active_count = 0
@@ -294,6 +294,13 @@ class Relay:
 
     def chain(self, height: int, synced: bool) -> List[Action]:
         """lightningd's height and whether it says it is synced (getinfo's warnings)."""
+        if synced and not self.synced:
+            # What waited for the sync is due now, not a block later.
+            for names in list(self.by_node.values()):
+                for payment_hash in names:
+                    wake = self._wake_height(self.held[payment_hash])
+                    if wake is not None:
+                        heapq.heappush(self._due, (wake, payment_hash))
         self.synced = synced
         return self.block(height)
 
@@ -382,6 +389,8 @@ class Relay:
         self.unsent.discard((payment_hash, partid))
         held = self._put(held, state=HoldState.HELD, last_error=reason,
                          next_poll_height=self.height + 1)
+        if self.height >= held.give_up_height:
+            return self._fail(held, GAVE_UP)
         return [Persist(held)]
 
     def attempt_failed(self, payment_hash: str, partid: Optional[int], error: str,
@@ -396,7 +405,7 @@ class Relay:
         held = self.held.get(payment_hash)
         if held is None or held.state != HoldState.FORWARDING or (partid or 0) != held.partid:
             return []
-        self.lost_since.pop(payment_hash, None)
+        self.lost_since.pop((payment_hash, held.partid), None)
         if refused_by == held.record.next_node:
             held = self._put(held, state=HoldState.HELD)
             return self._fail(held, f"recipient refused the payment: {error}")
@@ -409,7 +418,7 @@ class Relay:
             return []
         if hashlib.sha256(bytes.fromhex(preimage)).hexdigest() != payment_hash:
             return []
-        self.lost_since.pop(payment_hash, None)
+        self.lost_since.pop((payment_hash, held.partid), None)
         held = self._put(held, state=HoldState.COMPLETE, preimage=preimage, last_error=None)
         return [Persist(held)] + self._answer(held)
 
@@ -421,16 +430,22 @@ class Relay:
             case Failed(reason=reason):
                 return self.attempt_failed(payment_hash, partid, reason)
             case InFlight():
-                self.lost_since.pop(payment_hash, None)
+                self.lost_since.pop((payment_hash, partid), None)
                 return []
             case Lost():
+                if not self.may_be_in_flight(payment_hash, partid):
+                    return []  # a verdict on an attempt that already ended
                 # Only after a later block: a sendpay racing this check has its HTLC by then.
-                first = self.lost_since.setdefault(payment_hash, self.height)
+                first = self.lost_since.setdefault((payment_hash, partid), self.height)
                 if self.height > first:
                     return self.attempt_failed(payment_hash, partid, LOST)
                 return []
             case _:
                 assert_never(outcome)
+
+    def may_be_in_flight(self, payment_hash: str, partid: int) -> bool:
+        held = self.held.get(payment_hash)
+        return held is not None and held.state == HoldState.FORWARDING and held.partid == partid
 
     def may_send(self, payment_hash: str, partid: int) -> bool:
         """The shell asks just before ``sendpay``: is attempt ``partid`` still the one to send?
@@ -440,8 +455,7 @@ class Relay:
         if (payment_hash, partid) not in self.unsent:
             return False
         self.unsent.discard((payment_hash, partid))
-        held = self.held.get(payment_hash)
-        return held is not None and held.state == HoldState.FORWARDING and held.partid == partid
+        return self.may_be_in_flight(payment_hash, partid)
 
     def action_failed(self, action: Action, error: str) -> List[Action]:
         """The shell could not carry out ``action``: stay correct, and say what to do instead."""
@@ -456,8 +470,11 @@ class Relay:
                     # Never send an attempt a restart would not know about;
                     # one already handed to sendpay stays in flight whatever fails.
                     self.unsent.discard(unsent)
-                    self._put(current, state=HoldState.HELD, next_poll_height=self.height + 1,
-                              last_error=f"could not save the attempt: {error}")
+                    current = self._put(current, state=HoldState.HELD,
+                                        next_poll_height=self.height + 1,
+                                        last_error=f"could not save the attempt: {error}")
+                    if self.height >= current.give_up_height:
+                        return self._fail(current, GAVE_UP)
                 return []
             case Forget():
                 return []  # the record reloads after a restart and is forgotten again
@@ -540,9 +557,11 @@ class Relay:
     def _forget(self, held: HeldPayment) -> List[Action]:
         self._count(held, -1)
         del self.held[held.payment_hash]
-        for names in (self.unsaved, self.unanswered, self.searching):
+        for names in (self.unsaved, self.unanswered):
             names.discard(held.payment_hash)
-        return [Forget(held.payment_hash)]
+        # A probe forgotten before its answer must not leave its node's followers waiting.
+        followers = self._end_search(held.payment_hash, "the probing payment was forgotten")
+        return [Forget(held.payment_hash)] + followers
 
     def _wake_height(self, held: HeldPayment) -> Optional[int]:
         if held.state in TERMINAL:

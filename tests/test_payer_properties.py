@@ -25,7 +25,7 @@ PREIMAGES = ["%02x" % n * 32 for n in range(1, 4)]
 PAYMENT_HASH = hashlib.sha256(bytes.fromhex(PREIMAGES[0])).hexdigest()
 
 ids = st.integers(0, 3)
-heights = st.integers(100, 110)
+heights = st.integers(100, 103)
 
 
 @st.composite
@@ -104,12 +104,15 @@ class PayMachine(RuleBasedStateMachine):
     def reconcile(self, parts, htlc_out, height):
         self.settle(parts, htlc_out, height)
 
-    @rule(others=sendpay_parts(), height=heights)
-    def crash(self, others, height):
-        """Our attempt pending with no HTLC: lightningd lost it (random parts rarely say so)."""
+    @rule(others=sendpay_parts(), htlc_out=st.booleans(), height=heights,
+          same_block=st.booleans())
+    def pending(self, others, htlc_out, height, same_block):
+        """Our attempt pending, with or without its HTLC (random parts rarely say so)."""
+        if same_block and self.pay.lost_since is not None:
+            height = self.pay.lost_since
         ours = {"status": "pending", "partid": self.pay.partid or 0,
                 "groupid": self.pay.groupid or 0, "payment_hash": PAYMENT_HASH}
-        self.settle([ours] + others, False, height)
+        self.settle([ours] + others, htlc_out, height)
 
     def settle(self, parts, htlc_out, height):
         outcome = judge_attempt(parts, self.pay.partid, htlc_out)
@@ -139,7 +142,8 @@ class PayMachine(RuleBasedStateMachine):
                 return
             raise AssertionError(f"restarted a {self.pay.status.value} payment")
         _, after = self.step(lambda p: payer.restart(p, partid=partid, groupid=groupid))
-        assert after.status is PayState.PENDING and (after.partid, after.groupid) == (partid, groupid)
+        assert after.status is PayState.PENDING
+        assert (after.partid, after.groupid) == (partid, groupid)
         assert (after.reason, after.lost_since, after.give_up_height) == (None, None, None)
 
     @invariant()
