@@ -495,7 +495,8 @@ class Node:
         height = self.rpc.getinfo()["blockheight"]
         # Reports only reach a connected peer: ask for them only when S is ours.
         report_to = self.node_id if len(path) == 1 else None
-        hops, first_hop, cltv_expiry = payer.plan(invoice, path, height, hold_for, report_to)
+        hops, first_hop, cltv_expiry = payer.plan(invoice, path, height, hold_for, report_to,
+                                                 maxfee_msat=maxfee)
         onion = self.rpc.call("createonion", {"hops": hops, "assocdata": invoice.payment_hash})
         parts = self.rpc.call("listsendpays", {"payment_hash": invoice.payment_hash})["payments"]
         groupid, partid = next_attempt_ids(parts)

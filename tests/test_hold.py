@@ -773,6 +773,26 @@ def test_a_failed_answer_for_a_replaced_htlc_does_not_rearm_the_new_one():
     assert relay.reconcile() == []
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: block() forgets a settled record at cltv_expiry + 1 even while its answer is owed "
+    "(in `unanswered` after a failed ResolveIncoming/FailIncoming); _forget drops it from "
+    "`unanswered`, so reconcile never answers the HTLC: lightningd waits forever, and a "
+    "preimage we paid for is never claimed"))
+@pytest.mark.parametrize("state", [HoldState.COMPLETE, HoldState.FAILED])
+def test_an_owed_answer_outlives_the_records_expiry(state):
+    relay = held_relay()
+    if state == HoldState.COMPLETE:
+        relay.block(1006)
+        relay.route_found(PAYMENT_HASH, direct_route(record()))
+        answer = relay.attempt_succeeded(PAYMENT_HASH, PREIMAGE)[-1]
+    else:
+        answer = relay.block(1100)[-1]
+    relay.action_failed(answer, "lightningd's rpc was busy")
+    actions = relay.block(1501)  # Node.block: check_chain, then reconcile
+    actions += relay.reconcile()
+    assert answer in actions
+
+
 def test_failed_route_search_is_a_route_failure():
     relay, twin = hold.Relay(POLICY, 1000), hold.Relay(POLICY, 1000)
     _, actions = arrive(relay)
