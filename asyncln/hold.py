@@ -381,14 +381,17 @@ class Relay:
             return actions
         return actions + self._attempt_failed(held, f"no route: {error}")
 
-    def send_refused(self, payment_hash: str, partid: int, reason: str) -> List[Action]:
-        """The shell did not send attempt ``partid``: lightningd's height or sync forbade it."""
+    def send_refused(self, payment_hash: str, partid: int, reason: str,
+                     used_partid: int = 0) -> List[Action]:
+        """The shell did not send attempt ``partid``: lightningd's height or sync forbade it,
+        or lightningd already has a part numbered up to ``used_partid`` for this hash (a
+        forgotten record's), so the next attempt numbers past it."""
         held = self.held.get(payment_hash)
         if held is None or held.state != HoldState.FORWARDING or held.partid != partid:
             return []
         self.unsent.discard((payment_hash, partid))
         held = self._put(held, state=HoldState.HELD, last_error=reason,
-                         next_poll_height=self.height + 1)
+                         next_poll_height=self.height + 1, partid=max(partid, used_partid))
         if self.height >= held.give_up_height:
             return self._fail(held, GAVE_UP)
         return [Persist(held)]
@@ -574,6 +577,8 @@ class Relay:
 
     def _wake(self, held: HeldPayment) -> List[Action]:
         if held.state in TERMINAL:
+            if held.attached:
+                return []  # its answer is still owed: keep it until reconcile delivers it
             return self._forget(held)
         if self.height >= held.give_up_height:
             return self._fail(held, GAVE_UP)

@@ -224,7 +224,13 @@ class Node:
             with self.lock:
                 return self.relay.send_refused(action.payment_hash, action.partid, refusal)
         parts = self.rpc.call("listsendpays", {"payment_hash": action.payment_hash})["payments"]
-        groupid, _ = next_attempt_ids(parts)
+        groupid, free_partid = next_attempt_ids(parts)
+        if free_partid > action.partid:
+            # Parts of an earlier record for this hash already use our number.
+            with self.lock:
+                return self.relay.send_refused(action.payment_hash, action.partid,
+                                               f"part {action.partid} is taken in lightningd",
+                                               used_partid=free_partid - 1)
         try:
             result = self.rpc.call("sendpay", {
                 "route": list(action.route), "payment_hash": action.payment_hash,

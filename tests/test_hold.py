@@ -773,11 +773,6 @@ def test_a_failed_answer_for_a_replaced_htlc_does_not_rearm_the_new_one():
     assert relay.reconcile() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: block() forgets a settled record at cltv_expiry + 1 even while its answer is owed "
-    "(in `unanswered` after a failed ResolveIncoming/FailIncoming); _forget drops it from "
-    "`unanswered`, so reconcile never answers the HTLC: lightningd waits forever, and a "
-    "preimage we paid for is never claimed"))
 @pytest.mark.parametrize("state", [HoldState.COMPLETE, HoldState.FAILED])
 def test_an_owed_answer_outlives_the_records_expiry(state):
     relay = held_relay()

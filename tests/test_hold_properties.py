@@ -341,12 +341,18 @@ class RelayMachine(RuleBasedStateMachine):
     def send_refused(self, i, delta):
         partid = self.partid(i, delta)
         before = self.relay.held.get(HASHES[i])
+        # The shell never handed this attempt to sendpay: it ended, unsent.
         _, actions = self.step(lambda: self.relay.send_refused(HASHES[i], partid, "too high"),
-                               stale=(HASHES[i], partid))
+                               ends=(HASHES[i], partid), stale=(HASHES[i], partid))
         if before is not None and before.state == HoldState.FORWARDING and before.partid == partid:
-            assert self.relay.held[HASHES[i]].state == HoldState.HELD
+            now = self.relay.held[HASHES[i]]
             assert not self.relay.may_send(HASHES[i], partid)
-            assert actions == [hold.Persist(self.relay.held[HASHES[i]])]
+            if self.relay.height >= before.give_up_height:  # past the deadline: fail back at once
+                assert now.state == HoldState.FAILED
+                assert any(isinstance(a, hold.FailIncoming) for a in actions) or not now.attached
+            else:
+                assert now.state == HoldState.HELD
+                assert actions == [hold.Persist(now)]
 
     @rule(node=st.sampled_from(NODES))
     def peer_online(self, node):
@@ -451,8 +457,3 @@ class RelayMachine(RuleBasedStateMachine):
 
 RelayMachine.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
 TestRelayMachine = RelayMachine.TestCase
-# Known failing since the last four liveness fixes in hold.py (sync re-queue, fail-back
-# at once after a refused send, probe end on forget, per-attempt Lost clock): not yet
-# diagnosed; see the closing note of issue 5.
-TestRelayMachine = pytest.mark.xfail(strict=False, reason="undiagnosed since the liveness fixes")(
-    TestRelayMachine)

@@ -87,3 +87,14 @@ def test_a_completed_record_keeps_the_plugin_from_disabling_itself():
                             state=hold.HoldState.COMPLETE, preimage=PREIMAGE)
     shell.relay = hold.Relay(POLICY, 1000, [done])
     assert shell.has_open_records()
+
+
+def test_a_partid_taken_by_a_forgotten_record_is_skipped():
+    relay = hold.Relay(POLICY, 1000)
+    arrive(relay, incoming())
+    send = relay.route_found(PAYMENT_HASH, direct_route(record()))[-1]
+    assert send.partid == 1
+    relay.send_refused(PAYMENT_HASH, 1, "part 1 is taken in lightningd", used_partid=3)
+    relay.block(1001)
+    again = relay.route_found(PAYMENT_HASH, direct_route(record()))[-1]
+    assert again.partid == 4
