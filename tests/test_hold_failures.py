@@ -133,8 +133,8 @@ class ShellMachine(RuleBasedStateMachine):
         if isinstance(action, hold.SendPay):
             if not relay.may_send(action.payment_hash, action.partid):
                 return []  # the shell skips it without error
-            if rnd.random() < 0.5:  # sendpay went through; the error came after
-                self.add_part(action)
+            if rnd.random() < 0.5 and self.lightningd_takes(action):
+                self.add_part(action)  # sendpay went through; the error came after
         elif isinstance(action, hold.Persist) and rnd.random() < 0.3:
             self.store[action.payment_hash] = action.held.to_json()  # written, then timed out
         elif isinstance(action, hold.Forget) and rnd.random() < 0.3:
@@ -200,10 +200,20 @@ class ShellMachine(RuleBasedStateMachine):
         if self.height + 1 > action.max_height:
             return relay.send_refused(action.payment_hash, action.partid, "too high")
         parts = self.parts[action.payment_hash]
-        if any(p.status == "complete" for p in parts.values()) or action.partid in parts:
+        if parts and action.partid <= max(parts):
+            return relay.send_refused(action.payment_hash, action.partid, "part taken",
+                                      used_partid=max(parts))
+        if not self.lightningd_takes(action):
             return [hold.CheckAttempt(action.payment_hash, action.partid)]  # sendpay refused
         self.add_part(action)
         return []
+
+    def lightningd_takes(self, action):
+        """sendpay refuses a hash with a complete part, a pending one (even a lost one:
+        "Already have X of X in progress") or a used partid."""
+        parts = self.parts[action.payment_hash]
+        return not (action.partid in parts
+                    or any(p.status in ("complete", "pending") for p in parts.values()))
 
     def add_part(self, action):
         parts = self.parts[action.payment_hash]
@@ -419,6 +429,8 @@ class ShellMachine(RuleBasedStateMachine):
         """A payment the recipient got never lost its incoming HTLC to a fail-back."""
         for payment_hash, parts in self.parts.items():
             if any(p.status == "complete" for p in parts.values()):
+                if self.resolved.get(payment_hash):
+                    continue  # paid once and settled once: a later HTLC for it may fail
                 held = self.relay.held.get(payment_hash)
                 waiting = [k for h, k in self.waiting if h == payment_hash]
                 assert held is None or held.state != HoldState.FAILED or not waiting

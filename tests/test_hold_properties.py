@@ -390,14 +390,18 @@ class RelayMachine(RuleBasedStateMachine):
             (action.payment_hash, action.held.partid) in self.relay.unsent
         queued = self.queue
         self.queue = []
-        _, follow = self.step(lambda: self.relay.action_failed(action, "the shell failed"))
+        # An attempt it could not save, not yet handed to sendpay, is taken back: it ended.
+        ends = (action.payment_hash, action.held.partid) if unsent else None
+        _, follow = self.step(lambda: self.relay.action_failed(action, "the shell failed"), ends=ends)
         self.queue = follow + queued
         held = self.relay.held.get(action.payment_hash)
         if isinstance(action, hold.Persist) and before is not None \
                 and before.state == HoldState.FORWARDING and action.held.state == HoldState.FORWARDING \
                 and action.held.partid == before.partid:
             if unsent:
-                assert held.state == HoldState.HELD, "an attempt it could not save may still be sent"
+                expected = (HoldState.FAILED if self.relay.height >= before.give_up_height
+                            else HoldState.HELD)  # past the deadline: fail back at once
+                assert held.state == expected, "an attempt it could not save may still be sent"
                 assert not self.relay.may_send(action.payment_hash, before.partid)
             else:
                 assert held == before, "an attempt handed to sendpay was taken back"
