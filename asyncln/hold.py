@@ -396,6 +396,15 @@ class Relay:
             return self._fail(held, GAVE_UP)
         return [Persist(held)]
 
+    def adopt_attempt(self, payment_hash: str, partid: int, pending_partid: int) -> List[Action]:
+        """lightningd already has part ``pending_partid`` pending for this hash (a record
+        older than ours, or a restart): that part is our attempt now, never a second one."""
+        held = self.held.get(payment_hash)
+        if held is None or held.state != HoldState.FORWARDING or held.partid != partid:
+            return []
+        held = self._put(held, partid=pending_partid)
+        return [Persist(held), CheckAttempt(payment_hash, pending_partid)]
+
     def attempt_failed(self, payment_hash: str, partid: Optional[int], error: str,
                        refused_by: Optional[str] = None) -> List[Action]:
         """Outgoing attempt ``partid`` ended without a preimage.
@@ -626,8 +635,19 @@ class Relay:
         return None
 
     def _reattach(self, held: HeldPayment, incoming: Incoming) -> Tuple[Verdict, List[Action]]:
-        """lightningd replayed the hook (restart): answer exactly as before."""
-        held = self._put(held, attached=True, incoming=replace(held.incoming, channel=incoming.channel))
+        """lightningd replayed the hook (restart): answer exactly as before.
+
+        The record takes the replay's identity (its scid, and the peer and
+        shared secret a v0.1 record lacks): the answer must name the HTLC the
+        shell now waits on.
+        """
+        upgraded = held.incoming.shared_secret is None
+        held = self._put(held, attached=True, incoming=incoming)
+        owed: List[Action] = [Persist(held)] if upgraded else []
+        verdict, actions = self._resume(held)
+        return verdict, owed + actions
+
+    def _resume(self, held: HeldPayment) -> Tuple[Verdict, List[Action]]:
         match held.state:
             case HoldState.COMPLETE | HoldState.FAILED:
                 return Hold(), self._answer(held)

@@ -76,11 +76,9 @@ class Node:
         self.refused_options = refused_options
         self.important = self._is_important(plugin_path)
         self.relay = hold.Relay(
-            policy, info["blockheight"],
-            (hold.HeldPayment.from_json(v) for v in self.store.load("held").values()),
+            policy, info["blockheight"], self._load("held", hold.HeldPayment.from_json).values(),
             synced=synced(info), accept_new=refused_options is None)
-        self.pays: Dict[str, payer.Pay] = {
-            k: payer.Pay.from_json(v) for k, v in self.store.load("pay").items()}
+        self.pays: Dict[str, payer.Pay] = self._load("pay", payer.Pay.from_json)
         self.terms: Dict[str, Policy] = {}   # peer -> the terms its INFO announced
         # (payment hash, Incoming.key) -> htlc_accepted request awaiting our answer.
         # Keyed by HTLC, not hash: a second HTLC with the same hash must never
@@ -90,7 +88,18 @@ class Node:
         self._jobs: deque = deque()
         self._cv = threading.Condition()
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
+        self._info_owed: set = set()         # peers with an INFO answer queued
         self._last_tick = self._last_reconcile = time.monotonic()
+
+    def _load(self, kind: str, parse) -> dict:
+        """One unreadable record must not keep the others (and the plugin) from loading."""
+        loaded = {}
+        for key, value in self.store.load(kind).items():
+            try:
+                loaded[key] = parse(value)
+            except (KeyError, TypeError, ValueError) as e:
+                self.log(f"skipping unreadable {kind} record {key}: {e!r}", level="warn")
+        return loaded
 
     def has_open_records(self) -> bool:
         """Any held record counts: a complete or failed one may still be replayed."""
@@ -165,7 +174,11 @@ class Node:
     def execute(self, action: hold.Action) -> List[hold.Action]:
         match action:
             case hold.Persist(held=held):
-                self.store.put("held", held.payment_hash, held.to_json())
+                # The record as it is now: an older snapshot written after a newer
+                # one (answers jump the queue) would undo a state a restart needs.
+                with self.lock:
+                    current = self.relay.held.get(held.payment_hash, held)
+                self.store.put("held", held.payment_hash, current.to_json())
             case hold.Forget(payment_hash=payment_hash):
                 self.store.delete("held", payment_hash)
             case hold.FindRoute():
@@ -224,6 +237,15 @@ class Node:
             with self.lock:
                 return self.relay.send_refused(action.payment_hash, action.partid, refusal)
         parts = self.rpc.call("listsendpays", {"payment_hash": action.payment_hash})["payments"]
+        done = next((p for p in parts if p.get("status") == "complete"
+                     and p.get("payment_preimage")), None)
+        if done is not None:
+            with self.lock:  # paid already, whoever sent it: resolve, never send again
+                return self.relay.attempt_succeeded(action.payment_hash, done["payment_preimage"])
+        pending = [p.get("partid", 0) for p in parts if p.get("status") == "pending"]
+        if pending:
+            with self.lock:  # one live attempt per hash: settle that one first
+                return self.relay.adopt_attempt(action.payment_hash, action.partid, max(pending))
         groupid, free_partid = next_attempt_ids(parts)
         if free_partid > action.partid:
             # Parts of an earlier record for this hash already use our number.
@@ -316,7 +338,7 @@ class Node:
         def job():
             self.check_chain(height)
             self.reconcile()
-        self.submit(job)
+        self.submit(job, urgent=True)  # deadlines ride on it: ahead of informative work
 
     def check_chain(self, hint: int = 0) -> None:
         """Feed the relay lightningd's height and sync state (getinfo), never a stale guess."""
@@ -387,7 +409,16 @@ class Node:
             case None:
                 return
             case messages.QueryInfo():
-                self.submit(lambda: self.send(peer, self.relay.policy))
+                with self._cv:  # at most one answer queued per peer, however many asks
+                    if peer in self._info_owed:
+                        return
+                    self._info_owed.add(peer)
+
+                def answer_info():
+                    with self._cv:
+                        self._info_owed.discard(peer)
+                    self.send(peer, self.relay.policy)
+                self.submit(answer_info)
             case Policy():
                 with self.lock:
                     self.terms[peer] = msg

@@ -419,7 +419,7 @@ def test_version_0_1_record_loads_and_reports_to_nobody_new():
     for channel in ("103x1x0", REAL_SCID):
         relay = hold.Relay(POLICY, 1000, [held])
         verdict, actions = arrive(relay, inc=incoming(channel=channel))
-        assert isinstance(verdict, hold.Hold) and kinds(actions) == ["FindRoute"]
+        assert isinstance(verdict, hold.Hold) and kinds(actions) == ["Persist", "FindRoute"]  # upgraded on disk
     for changed in (dict(htlc_id=1), dict(amount=110_001), dict(cltv_expiry=1501)):
         relay = hold.Relay(POLICY, 1000, [held])
         verdict, _ = arrive(relay, inc=incoming(**changed))

@@ -75,9 +75,13 @@ def test_a_version_0_1_record_is_recognised_after_its_alias_became_an_scid():
     stored = hold.HeldPayment(PAYMENT_HASH, old, record(), 1000, 1100, 1000,
                               state=hold.HoldState.COMPLETE, preimage=PREIMAGE)
     relay = hold.Relay(POLICY, 1010, [hold.HeldPayment.from_json(stored.to_json())])
-    verdict, actions = arrive(relay, incoming(channel="103x1x0"))
+    replay = incoming(channel="103x1x0")
+    verdict, actions = arrive(relay, replay)
     assert isinstance(verdict, hold.Hold)
-    assert actions == [hold.ResolveIncoming(PAYMENT_HASH, PREIMAGE, "103x1x0/0")]
+    # The answer names the HTLC as the shell now keys it (by the replay's shared secret).
+    assert actions[-1] == hold.ResolveIncoming(PAYMENT_HASH, PREIMAGE, replay.key)
+    assert relay.held[PAYMENT_HASH].incoming == replay
+    assert hold.Persist(relay.held[PAYMENT_HASH]) in actions  # upgraded on disk too
 
 
 def test_a_completed_record_keeps_the_plugin_from_disabling_itself():
