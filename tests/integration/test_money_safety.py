@@ -128,6 +128,7 @@ def test_forwards_flow_while_a_poll_round_runs(node_factory, bitcoind, plugin_pa
     wait_for(lambda: sum(h["state"] == "held" for h in call(s, "asyncln-listheld")["held"]) == 15)
     for i in range(3):
         bitcoind.generate_block(6)  # a poll round for all 15, in the worker
+        sync_blockheight(bitcoind, [a, s, c])  # xpay's expiries must match C's height
         plain = c.rpc.invoice(10_000, f"plain{i}", "plain")
         assert a.rpc.xpay(plain["bolt11"])["payment_preimage"]
     sync_blockheight(bitcoind, [s])
