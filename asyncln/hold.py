@@ -159,7 +159,12 @@ class FindRoute:
 
 @dataclass(frozen=True)
 class SendPay:
-    """Send attempt ``partid``; the shell first checks lightningd's height is <= ``max_height``."""
+    """Send attempt ``partid``.
+
+    ``max_height`` is the highest network height at which the outgoing expiry
+    stays <= ``cltv_expiry - safety``; the shell sends only while getinfo's
+    height + 1 (a block lightningd may already have) is at most that.
+    """
 
     payment_hash: str
     partid: int
