@@ -22,6 +22,7 @@ from asyncln.errors import AsynclnError  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
 from asyncln.node import CONTINUE, Node, carries_record  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
+from asyncln.states import PAY_OPEN  # noqa: E402
 
 FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
 OPTION_HELP = {
@@ -63,7 +64,7 @@ def init(options, configuration, plugin, **kwargs):
     NODE = node
     node.start()
     plugin.log(f"asyncln {__version__}: {len(node.relay.held)} held, "
-               f"{sum(p.status in ('pending', 'held') for p in node.pays.values())} open payments")
+               f"{sum(p.status in PAY_OPEN for p in node.pays.values())} open payments")
 
 
 # --- hooks (lightningd treats an error answer to either as fatal: always answer) ---

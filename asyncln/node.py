@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, assert_never
 
 from pyln.client import RpcError
 
-from . import __version__, hold, messages, payer
+from . import __version__, failures, hold, messages, payer
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT, has_feature
 from .lightningd import (
@@ -387,7 +387,7 @@ class Node:
             return
         message = failure.get("message", "payment failed")
         failcode = data.get("failcode", 0)
-        permanent = bool(failcode & 0x4000)
+        permanent = bool(failcode & failures.PERM)
         partid, groupid = data.get("partid", 0), data.get("groupid")
         with self.lock:
             actions = self.relay.attempt_failed(payment_hash, partid, message,
