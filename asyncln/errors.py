@@ -21,6 +21,15 @@ class Code(IntEnum):
     INVOICE_UNUSABLE = 2123       # not a usable BOLT11 invoice
     PAYMENT_EXISTS = 2124         # this invoice is already being paid or was paid
     SEND_FAILED = 2126            # no route to the trampoline, or sendonion failed
+    DEPOSIT_REFUSED = 2131        # the Rod refuses this deposit (stranger, limits, bad invoice)
+    UNKNOWN_RECIPIENT = 2132      # the Rod keeps no invoices for this recipient
+    POOL_EMPTY = 2133             # the Rod has no unexpired invoice that fits this amount
+    RATE_LIMITED = 2134           # too many invoice requests from this requester; retry later
+    BAD_CODE = 2135               # the payment code is malformed, unknown or badly signed
+    NO_ANSWER = 2136              # the Rod or trampoline did not answer in time, or is unreachable
+    INVOICE_MISMATCH = 2137       # the fetched invoice is not B's, expired, or the wrong amount
+    HASH_REUSED = 2138            # the fetched invoice's hash was used before
+    NOTE_REFUSED = 2139           # the note is too long, or cannot be stored or opened
 
 
 class AsynclnError(Exception):
