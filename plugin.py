@@ -11,17 +11,19 @@ import functools
 import inspect
 import os
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pyln.client import Plugin, RpcException  # noqa: E402
 from pyln.client.plugin import RequestState  # noqa: E402
 
-from asyncln import __version__, failures, messages  # noqa: E402
+from asyncln import __version__, failures, messages, rod  # noqa: E402
 from asyncln.errors import AsynclnError  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
 from asyncln.node import CONTINUE, Node, carries_record  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
+from asyncln.recipient import RecipientConfig  # noqa: E402
 from asyncln.states import PAY_OPEN  # noqa: E402
 
 FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
@@ -36,6 +38,11 @@ OPTION_HELP = {
     "asyncln-min-held-msat": "Least amount we hold for a recipient",
     "asyncln-max-held-per-peer": "Most payments held at once for one incoming peer",
     "asyncln-max-held-msat-per-peer": "Most msat held at once for one incoming peer",
+    "asyncln-rod-max-invoices": "As a Rod: most invoices kept for one depositor",
+    "asyncln-rod-max-bytes": "As a Rod: most bytes of invoices kept for one depositor",
+    "asyncln-rod-min-expiry": "As a Rod: least seconds a deposited invoice must stay valid",
+    "asyncln-rod-fetches-per-hour": "As a Rod: most invoice requests per requester per hour",
+    "asyncln-rod-max-notes": "As a Rod: most notes waiting for one recipient",
 }
 
 # lightningd only lets non-dynamic plugins set feature bits: load asyncln at startup.
@@ -44,6 +51,18 @@ plugin = Plugin(dynamic=False, init_features=feature_hex(), node_features=featur
 for _name, (_field, _) in OPTIONS.items():
     plugin.add_option(_name, getattr(DEFAULTS, _field), OPTION_HELP[_name], opt_type="int")
 plugin.add_option("asyncln-relay", True, "Hold payments for others", opt_type="bool")
+_LIMITS = rod.RodLimits()
+for _name, (_field, _) in rod.OPTIONS.items():
+    plugin.add_option(_name, getattr(_LIMITS, _field), OPTION_HELP[_name], opt_type="int")
+plugin.add_option(rod.DEPOSITORS_OPTION, _LIMITS.depositors,
+                  "As a Rod: who may deposit: peers, any, none, or comma-separated node ids")
+_RECIPIENT = RecipientConfig()
+plugin.add_option("asyncln-rod", "", "My Rods, which serve my invoices while I am offline: "
+                  "comma-separated node_id[@host:port]")
+plugin.add_option("asyncln-rod-pool", _RECIPIENT.pool,
+                  "Presigned invoices to keep deposited at each Rod", opt_type="int")
+plugin.add_option("asyncln-rod-invoice-expiry", _RECIPIENT.invoice_expiry,
+                  "Seconds each presigned invoice stays valid", opt_type="int")
 
 NODE: Node = None
 
@@ -53,9 +72,11 @@ def init(options, configuration, plugin, **kwargs):
     global NODE
     try:
         policy, refused = Policy.from_options(options), None
+        limits, recipient = rod.RodLimits.from_options(options), RecipientConfig.from_options(options)
     except ValueError as e:
-        policy, refused = DEFAULTS, str(e)
-    node = Node(plugin.rpc, plugin.log, policy, refused, os.path.abspath(__file__))
+        policy, limits, recipient, refused = DEFAULTS, _LIMITS, _RECIPIENT, str(e)
+    node = Node(plugin.rpc, plugin.log, policy, refused, os.path.abspath(__file__),
+                limits, recipient)
     if refused and not node.has_open_records():
         return {"disable": refused}
     if refused:
@@ -121,28 +142,74 @@ def on_sendpay_failure(plugin, **kwargs):
 
 # --- RPC --------------------------------------------------------------------------
 
-def rpc(name):
-    """Register an RPC method; AsynclnError becomes an RPC error with its code."""
+def rpc(name, waits=False):
+    """Register an RPC method; AsynclnError becomes an RPC error with its code.
+
+    A method that ``waits`` for a peer's answer runs on its own thread, so
+    that lightningd's hooks (and that very answer) are never kept waiting.
+    """
     def register(f):
-        @functools.wraps(f)
-        def method(*args, **kwargs):
+        def call(args, kwargs):
             try:
                 return f(*args, **kwargs)
             except AsynclnError as e:
                 raise RpcException(str(e), int(e.code))
-        method.__signature__ = inspect.signature(f)  # pyln builds `usage` from it
-        plugin.add_method(name, method, description=f.__doc__)
+
+        if waits:
+            def method(plugin, request, *args, **kwargs):
+                def work():
+                    try:
+                        request.set_result(call((plugin,) + args, kwargs))
+                    except Exception as e:
+                        request.set_exception(e)
+                threading.Thread(target=work, name=name, daemon=True).start()
+        else:
+            def method(*args, **kwargs):
+                return call(args, kwargs)
+        functools.update_wrapper(method, f)
+        params = list(inspect.signature(f).parameters.values())
+        if waits:  # pyln hands background methods their request after `plugin`
+            params.insert(1, inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD))
+        method.__signature__ = inspect.Signature(params)  # pyln builds `usage` from it
+        plugin.add_method(name, method, background=waits, description=f.__doc__)
         return f
     return register
 
 
-@rpc("asyncln-pay")
-def asyncln_pay(plugin, invstring, trampoline=None, maxfee_msat=None, max_hold_blocks=None):
-    """Pay a BOLT11 invoice through a holding node that waits for an offline recipient.
+@rpc("asyncln-pay", waits=True)
+def asyncln_pay(plugin, invstring, trampoline=None, maxfee_msat=None, max_hold_blocks=None,
+                amount_msat=None, note=None):
+    """Pay a BOLT11 invoice or a payment code through a holding node that waits for an offline recipient.
 
-    Returns at once with status `pending`; follow it with asyncln-listpays.
+    A code (aln1...) needs amount_msat: an invoice is fetched from the code's Rod
+    first, and an optional note is encrypted to the recipient. Returns once the
+    HTLC is sent, with status `pending`; follow it with asyncln-listpays.
     """
-    return NODE.pay(invstring, trampoline, maxfee_msat, max_hold_blocks)
+    return NODE.pay(invstring, trampoline, maxfee_msat, max_hold_blocks, amount_msat, note)
+
+
+@rpc("asyncln-fetchinvoice", waits=True)
+def asyncln_fetchinvoice(plugin, code, amount_msat, note=None):
+    """Fetch one presigned invoice of an offline recipient from the Rod its payment code names."""
+    return NODE.fetchinvoice(code, amount_msat, note)
+
+
+@rpc("asyncln-code")
+def asyncln_code(plugin):
+    """My payment code: my node id, my Rods and my note key, signed; share it once."""
+    return NODE.rods.code()
+
+
+@rpc("asyncln-deposit", waits=True)
+def asyncln_deposit(plugin, amount_msat=None, count=1, rod=None):
+    """Deposit presigned invoices at my Rod now (fixed-amount with amount_msat)."""
+    return NODE.deposit(amount_msat, count, rod)
+
+
+@rpc("asyncln-listnotes")
+def asyncln_listnotes(plugin):
+    """Notes payers left for me at my Rod, decrypted, with their payment hash."""
+    return NODE.rods.listnotes()
 
 
 @rpc("asyncln-listpays")
@@ -163,9 +230,12 @@ def asyncln_poll(plugin, payment_hash=None):
     return NODE.poll(payment_hash)
 
 
-@rpc("asyncln-cancel")
+@rpc("asyncln-cancel", waits=True)
 def asyncln_cancel(plugin, payment_hash):
-    """Fail a held payment back to its payer (refused while an attempt is in flight)."""
+    """Fail a held payment back (holding node), or ask our holding node to (payer).
+
+    Refused while an outgoing attempt is in flight.
+    """
     return NODE.cancel(payment_hash)
 
 

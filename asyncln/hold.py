@@ -34,7 +34,7 @@ from . import failures
 from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
-from .record import RECORD_TYPE, TrampolineRecord, find_record
+from .record import RECORD_TYPE, HintHop, TrampolineRecord, find_record
 from .states import HOLD_MOVES, HOLD_OPEN, HoldState, move
 from .wire import DecodeError
 
@@ -42,6 +42,7 @@ from .wire import DecodeError
 # and may have seen a block whose notification we have not: our CLTV checks
 # assume the expiry base is two blocks above our height.
 HEIGHT_SLACK = 2
+CANCELLED_BY_PAYER = "cancelled by payer"
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class HeldPayment:
         data = dict(data)
         data.pop("payer", None)  # version 0.1 reported to the previous hop; no longer
         data["incoming"] = Incoming(**data["incoming"])
-        data["record"] = TrampolineRecord(**data["record"])
+        data["record"] = TrampolineRecord.from_json(data["record"])
         data["state"] = HoldState(data["state"])
         return cls(attached=False, **data)
 
@@ -155,6 +156,7 @@ class FindRoute:
     final_cltv: int
     maxfee_msat: int
     maxdelay: int
+    hints: Tuple[Tuple[HintHop, ...], ...] = ()  # the invoice's route hints, for a private recipient
 
 
 @dataclass(frozen=True)
@@ -357,6 +359,17 @@ class Relay:
         if held.state in TERMINAL:
             raise AsynclnError(f"payment is already {held.state.value}", Code.ALREADY_RESOLVED)
         return self._fail(held, reason)
+
+    def payer_cancel(self, payment_hash: str, peer: str) -> List[Action]:
+        """The payer asks to fail its HTLC back; only the payer that opted in for reports may.
+
+        The same rules as the operator's cancel: never while an attempt may still succeed.
+        """
+        held = self.held.get(payment_hash)
+        if held is None or held.payer != peer:
+            raise AsynclnError("no payment held here for this payer with that hash",
+                               Code.UNKNOWN_PAYMENT)
+        return self.cancel(payment_hash, CANCELLED_BY_PAYER)
 
     def route_found(self, payment_hash: str, route: List[dict]) -> List[Action]:
         if payment_hash not in self.searching:
@@ -698,7 +711,7 @@ class Relay:
         budget = held.incoming.amount_msat - record.amount_msat - self.policy.fee(record.amount_msat)
         return FindRoute(held.payment_hash, record.next_node, record.amount_msat,
                          record.final_cltv_delta, maxfee_msat=budget,
-                         maxdelay=self._max_route_delay(held))
+                         maxdelay=self._max_route_delay(held), hints=record.route_hints)
 
     def _end_search(self, payment_hash: str, error: Optional[str]) -> List[Action]:
         """A search ended; if it was its node's probe, its followers go now or fail with it."""

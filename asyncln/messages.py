@@ -2,45 +2,48 @@
 
 Each message is a 2-byte type followed by a TLV stream whose type 0 is the
 message version. A decoder never returns a half-read message: it returns a
-complete dataclass or raises DecodeError. docs/PROTOCOL.md lists every field.
+complete dataclass or raises DecodeError. One table, ``_SPECS``, says which
+TLV type carries which dataclass field and how; encode and decode both read
+it, so they cannot drift apart. docs/PROTOCOL.md lists every field.
 """
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from .note import MAX_SEALED_BYTES
 from .policy import Policy
 from .states import HoldState
-from .wire import DecodeError, decode_tlv_stream, decode_tu, encode_tlv_stream, encode_tu
+from .wire import (
+    DecodeError,
+    decode_bigsize,
+    decode_tlv_stream,
+    decode_tu,
+    encode_bigsize,
+    encode_tlv_stream,
+    encode_tu,
+    is_point,
+)
 
 QUERY_INFO = 44701
 INFO = 44703
 PAYMENT_STATUS = 44705
 ONLINE = 44707
-MESSAGE_TYPES = (QUERY_INFO, INFO, PAYMENT_STATUS, ONLINE)
+DEPOSIT = 44709
+POOL_STATUS = 44711
+INVOICE_REQUEST = 44713
+INVOICE_RESPONSE = 44715
+NOTE = 44717
+NOTE_ACK = 44719
+CANCEL_REQUEST = 44721
+CANCEL_ANSWER = 44723
 
 VERSION = 1
 _VERSION = 0
 
-# INFO fields
-_RELAY = 1
-_FEE_BASE = 2
-_FEE_PPM = 4
-_POLL_BLOCKS = 6
-_MAX_HOLD = 8
-_SAFETY = 10
-_MAX_HELD_MSAT = 12
-_MAX_HELD = 14
-_MIN_HELD_MSAT = 15  # odd: a payer that ignores it is refused at admission, nothing worse
-
-# PAYMENT_STATUS fields
-_REASON = 1
-_HASH = 2
-_STATE = 4
-_GIVE_UP = 6
-_NEXT_POLL = 8
-_ATTEMPTS = 10
-_STATES = {1: HoldState.HELD, 2: HoldState.FAILED}
-_STATE_CODES = {name: code for code, name in _STATES.items()}
+MAX_MESSAGE_BYTES = 65535  # type included: BOLT 8 frames a message with a u16 length
+MAX_DEPOSIT_BATCH = 32
+MAX_BOLT11_CHARS = 2048
+MAX_REASON_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -65,35 +68,300 @@ class Online:
     """"I am back: deliver what you hold for me now." """
 
 
+@dataclass(frozen=True)
+class Deposit:
+    """Presigned invoices B leaves with its Rod for payers while B is offline.
+
+    An empty deposit only asks for a PoolStatus.
+    """
+
+    invoices: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """The Rod's answer to a Deposit: what it now holds for B, and what it will take."""
+
+    level: int                 # B's unexpired invoices the Rod holds now
+    accepted: int              # how many of the last deposit it kept
+    max_invoices: int
+    min_expiry_seconds: int    # an invoice expiring sooner is refused
+    refused: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InvoiceRequest:
+    """A payer asks a Rod for one of B's invoices; request_id pairs the answer with it."""
+
+    request_id: str            # hex, 8 bytes
+    recipient: str             # hex node id of B
+    amount_msat: int
+
+
+@dataclass(frozen=True)
+class InvoiceResponse:
+    """The Rod's answer: an invoice, or an asyncln error code (errors.Code) saying why not."""
+
+    request_id: str
+    bolt11: Optional[str] = None
+    error_code: Optional[int] = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Note:
+    """An end-to-end-encrypted note for B (note.seal), kept by the Rod until B acknowledges it."""
+
+    recipient: str
+    payment_hash: str
+    sealed: str                # hex
+
+
+@dataclass(frozen=True)
+class NoteAck:
+    """B stored the note for this payment: the Rod may delete its copy."""
+
+    payment_hash: str
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    """The payer asks the holding node to fail its held HTLC back now."""
+
+    payment_hash: str
+
+
+@dataclass(frozen=True)
+class CancelAnswer:
+    """The holding node's answer to a CancelRequest."""
+
+    payment_hash: str
+    accepted: bool
+    reason: str = ""
+
+
 # An INFO message carries the sender's whole Policy.
-Message = Union[QueryInfo, Policy, PaymentStatus, Online]
+Message = Union[QueryInfo, Policy, PaymentStatus, Online, Deposit, PoolStatus, InvoiceRequest,
+                InvoiceResponse, Note, NoteAck, CancelRequest, CancelAnswer]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one field's value becomes a TLV value and back."""
+
+    pack: Callable[[Any], Optional[bytes]]  # None: leave the field out
+    unpack: Callable[[bytes], Any]          # raises DecodeError naming what is wrong
+
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class _Field:
+    tlv: int
+    name: str                  # the dataclass attribute
+    kind: _Kind
+    default: Any = _REQUIRED   # what an absent field decodes to
+
+
+@dataclass(frozen=True)
+class _Spec:
+    msg_type: int
+    cls: type
+    fields: Tuple[_Field, ...]
+    check: Optional[Callable[[Dict[str, Any]], None]] = None  # a rule across fields
+
+
+def _tu(max_bytes: int, least: int = 0, most: Optional[int] = None) -> _Kind:
+    def unpack(raw: bytes) -> int:
+        value = decode_tu(raw, max_bytes)
+        if value < least:
+            raise DecodeError(f"must be at least {least}")
+        if most is not None and value > most:
+            raise DecodeError(f"must be at most {most}")
+        return value
+    return _Kind(encode_tu, unpack)
+
+
+def _hex(least: int, most: int) -> _Kind:
+    def unpack(raw: bytes) -> str:
+        if not least <= len(raw) <= most:
+            size = str(least) if least == most else f"{least} to {most}"
+            raise DecodeError(f"must be {size} bytes")
+        return raw.hex()
+    return _Kind(bytes.fromhex, unpack)
+
+
+def _text(limit: int) -> _Kind:
+    """UTF-8, clipped by the sender: a reason never makes a message unsendable."""
+    def unpack(raw: bytes) -> str:
+        if len(raw) > limit:
+            raise DecodeError(f"is longer than {limit} bytes")
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise DecodeError("is not UTF-8") from None
+    return _Kind(lambda text: _clip_utf8(text, limit), unpack)
+
+
+def _code(codes: Mapping[int, Any]) -> _Kind:
+    """One of a few values, as a one-byte code."""
+    numbers = {value: code for code, value in codes.items()}
+
+    def pack(value: Any) -> bytes:
+        if value not in numbers:
+            raise ValueError(f"{value!r} has no wire code")
+        return bytes([numbers[value]])
+
+    def unpack(raw: bytes) -> Any:
+        if len(raw) != 1 or raw[0] not in codes:
+            raise DecodeError("has an unknown code")
+        return codes[raw[0]]
+    return _Kind(pack, unpack)
+
+
+def _list(item: _Kind, most: int) -> _Kind:
+    """Up to ``most`` items, each a BigSize length then its bytes: a TLV type cannot repeat."""
+    def pack(values: Tuple[Any, ...]) -> bytes:
+        return b"".join(encode_bigsize(len(raw)) + raw for raw in map(item.pack, values))
+
+    def unpack(raw: bytes) -> Tuple[Any, ...]:
+        values, offset = [], 0
+        while offset < len(raw):
+            if len(values) == most:
+                raise DecodeError(f"has more than {most} items")
+            length, offset = decode_bigsize(raw, offset)
+            if offset + length > len(raw):
+                raise DecodeError(f"item {len(values)} is truncated")
+            try:
+                values.append(item.unpack(raw[offset:offset + length]))
+            except DecodeError as err:
+                raise DecodeError(f"item {len(values)} {err}") from None
+            offset += length
+        return tuple(values)
+    return _Kind(pack, unpack)
+
+
+def _unpack_point(raw: bytes) -> str:
+    if not is_point(raw):
+        raise DecodeError("is not a valid public key")
+    return raw.hex()
+
+
+def _unpack_bolt11(raw: bytes) -> str:
+    # Checked, not parsed: the Rod and the payer run lightningd's `decode` on it anyway.
+    if not 1 <= len(raw) <= MAX_BOLT11_CHARS:
+        raise DecodeError(f"must be 1 to {MAX_BOLT11_CHARS} characters")
+    if not raw.isascii():
+        raise DecodeError("is not ASCII")
+    return raw.decode("ascii")
+
+
+def _unpack_flag(raw: bytes) -> bool:
+    if raw:
+        raise DecodeError("carries no value")
+    return True
+
+
+def _one_outcome(values: Dict[str, Any]) -> None:
+    """The payer acts on exactly one of them: an answer with both or neither is ambiguous."""
+    if (values["bolt11"] is None) == (values["error_code"] is None):
+        raise DecodeError("invoice_response needs exactly one of bolt11 and error_code")
+
+
+_TU64 = _tu(8)
+_HASH = _hex(32, 32)
+_REQUEST_ID = _hex(8, 8)
+_POINT = _Kind(bytes.fromhex, _unpack_point)
+_BOLT11 = _Kind(str.encode, _unpack_bolt11)  # UTF-8, so a non-ASCII invoice fails as "not ASCII"
+_FLAG = _Kind(lambda on: b"" if on else None, _unpack_flag)
+_REASON = _text(MAX_REASON_BYTES)
+
+# Even types: the receiver must understand them. Odd ones are informative.
+_SPECS = {spec.msg_type: spec for spec in (
+    _Spec(QUERY_INFO, QueryInfo, ()),
+    _Spec(INFO, Policy, (
+        _Field(1, "relay", _FLAG, False),
+        _Field(2, "fee_base_msat", _TU64),
+        _Field(4, "fee_ppm", _TU64),
+        _Field(6, "poll_blocks", _TU64),
+        _Field(8, "max_hold_blocks", _TU64),
+        _Field(10, "safety_blocks", _TU64),
+        _Field(12, "max_held_msat", _TU64),
+        _Field(14, "max_held", _TU64),
+        # Odd: a payer that ignores it is refused at admission, nothing worse.
+        _Field(15, "min_held_msat", _TU64, 0),
+    )),
+    _Spec(PAYMENT_STATUS, PaymentStatus, (
+        _Field(1, "reason", _text(400), ""),
+        _Field(2, "payment_hash", _HASH),
+        _Field(4, "state", _code({1: HoldState.HELD, 2: HoldState.FAILED})),
+        _Field(6, "give_up_height", _TU64),
+        _Field(8, "next_poll_height", _TU64),
+        _Field(10, "attempts", _TU64),
+    )),
+    _Spec(ONLINE, Online, ()),
+    _Spec(DEPOSIT, Deposit, (
+        _Field(2, "invoices", _list(_BOLT11, MAX_DEPOSIT_BATCH)),
+    )),
+    _Spec(POOL_STATUS, PoolStatus, (
+        _Field(1, "refused", _list(_REASON, MAX_DEPOSIT_BATCH), ()),
+        _Field(2, "level", _TU64),
+        _Field(4, "accepted", _tu(8, most=MAX_DEPOSIT_BATCH)),
+        _Field(6, "max_invoices", _TU64),
+        _Field(8, "min_expiry_seconds", _TU64),
+    )),
+    _Spec(INVOICE_REQUEST, InvoiceRequest, (
+        _Field(2, "request_id", _REQUEST_ID),
+        _Field(4, "recipient", _POINT),
+        _Field(6, "amount_msat", _tu(8, least=1)),
+    )),
+    _Spec(INVOICE_RESPONSE, InvoiceResponse, (
+        _Field(1, "error", _REASON, ""),
+        _Field(2, "request_id", _REQUEST_ID),
+        _Field(4, "bolt11", _BOLT11, None),
+        _Field(6, "error_code", _tu(2), None),
+    ), _one_outcome),
+    _Spec(NOTE, Note, (
+        _Field(2, "recipient", _POINT),
+        _Field(4, "payment_hash", _HASH),
+        _Field(6, "sealed", _hex(1, MAX_SEALED_BYTES)),
+    )),
+    _Spec(NOTE_ACK, NoteAck, (_Field(2, "payment_hash", _HASH),)),
+    _Spec(CANCEL_REQUEST, CancelRequest, (_Field(2, "payment_hash", _HASH),)),
+    _Spec(CANCEL_ANSWER, CancelAnswer, (
+        _Field(1, "reason", _REASON, ""),
+        _Field(2, "payment_hash", _HASH),
+        _Field(4, "accepted", _code({0: False, 1: True})),
+    )),
+)}
+_SPEC_OF_CLASS = {spec.cls: spec for spec in _SPECS.values()}
+
+MESSAGE_TYPES = tuple(_SPECS)
 
 
 def encode(msg: Message) -> str:
-    """Hex of the full message, as ``sendcustommsg`` wants it."""
-    fields = {_VERSION: bytes([VERSION])}
-    if isinstance(msg, QueryInfo):
-        msg_type = QUERY_INFO
-    elif isinstance(msg, Online):
-        msg_type = ONLINE
-    elif isinstance(msg, Policy):
-        msg_type = INFO
-        if msg.relay:
-            fields[_RELAY] = b""
-        fields.update({
-            _FEE_BASE: encode_tu(msg.fee_base_msat), _FEE_PPM: encode_tu(msg.fee_ppm),
-            _POLL_BLOCKS: encode_tu(msg.poll_blocks), _MAX_HOLD: encode_tu(msg.max_hold_blocks),
-            _SAFETY: encode_tu(msg.safety_blocks), _MAX_HELD_MSAT: encode_tu(msg.max_held_msat),
-            _MAX_HELD: encode_tu(msg.max_held), _MIN_HELD_MSAT: encode_tu(msg.min_held_msat),
-        })
-    else:
-        msg_type = PAYMENT_STATUS
-        fields.update({
-            _REASON: _clip_utf8(msg.reason, 400), _HASH: bytes.fromhex(msg.payment_hash),
-            _STATE: bytes([_STATE_CODES[msg.state]]), _GIVE_UP: encode_tu(msg.give_up_height),
-            _NEXT_POLL: encode_tu(msg.next_poll_height), _ATTEMPTS: encode_tu(msg.attempts),
-        })
-    return (msg_type.to_bytes(2, "big") + encode_tlv_stream(fields)).hex()
+    """Hex of the full message, as ``sendcustommsg`` wants it.
+
+    ValueError for a message lightningd could not send or the peer would
+    refuse: the mistake shows here, not as a silent drop at the other end.
+    """
+    spec = _SPEC_OF_CLASS[type(msg)]
+    records = {_VERSION: bytes([VERSION])}
+    for field in spec.fields:
+        value = getattr(msg, field.name)
+        raw = None if value is None else field.kind.pack(value)
+        if raw is not None:
+            records[field.tlv] = raw
+    data = spec.msg_type.to_bytes(2, "big") + encode_tlv_stream(records)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"{type(msg).__name__} is {len(data)} bytes, "
+                         f"more than the {MAX_MESSAGE_BYTES} a Lightning message can carry")
+    try:
+        _parse(spec, data[2:])
+    except DecodeError as err:
+        raise ValueError(f"{type(msg).__name__} would be refused: {err}") from None
+    return data.hex()
 
 
 def decode(payload: str) -> Optional[Message]:
@@ -104,46 +372,29 @@ def decode(payload: str) -> Optional[Message]:
         raise DecodeError("payload is not hex")
     if len(data) < 2:
         raise DecodeError("message shorter than its type")
-    msg_type = int.from_bytes(data[:2], "big")
-    if msg_type not in MESSAGE_TYPES:
-        return None
-    known = {
-        QUERY_INFO: (), ONLINE: (),
-        INFO: (_FEE_BASE, _FEE_PPM, _POLL_BLOCKS, _MAX_HOLD, _SAFETY, _MAX_HELD_MSAT, _MAX_HELD),
-        PAYMENT_STATUS: (_HASH, _STATE, _GIVE_UP, _NEXT_POLL, _ATTEMPTS),
-    }[msg_type]
-    fields = decode_tlv_stream(data[2:], (_VERSION,) + known)
+    spec = _SPECS.get(int.from_bytes(data[:2], "big"))
+    return None if spec is None else _parse(spec, data[2:])
+
+
+def _parse(spec: _Spec, stream: bytes) -> Message:
+    fields = decode_tlv_stream(stream, [_VERSION] + [f.tlv for f in spec.fields if f.tlv % 2 == 0])
     if fields.get(_VERSION) != bytes([VERSION]):
         raise DecodeError(f"unsupported message version {fields.get(_VERSION, b'').hex() or 'none'}")
-    missing = [t for t in known if t not in fields]
+    missing = [f.tlv for f in spec.fields if f.default is _REQUIRED and f.tlv not in fields]
     if missing:
-        raise DecodeError(f"message {msg_type} lacks fields {missing}")
-
-    def u(tlv_type: int) -> int:
-        return decode_tu(fields[tlv_type], 8, tlv_type)
-
-    if msg_type == QUERY_INFO:
-        return QueryInfo()
-    if msg_type == ONLINE:
-        return Online()
-    if msg_type == INFO:
-        return Policy(relay=_RELAY in fields, fee_base_msat=u(_FEE_BASE), fee_ppm=u(_FEE_PPM),
-                      poll_blocks=u(_POLL_BLOCKS), max_hold_blocks=u(_MAX_HOLD),
-                      safety_blocks=u(_SAFETY), max_held_msat=u(_MAX_HELD_MSAT),
-                      max_held=u(_MAX_HELD),
-                      min_held_msat=u(_MIN_HELD_MSAT) if _MIN_HELD_MSAT in fields else 0)
-    if len(fields[_HASH]) != 32:
-        raise DecodeError("payment_hash must be 32 bytes", _HASH)
-    state = _STATES.get(int.from_bytes(fields[_STATE], "big"))
-    if state is None or len(fields[_STATE]) != 1:
-        raise DecodeError("unknown payment state", _STATE)
-    try:
-        reason = fields.get(_REASON, b"").decode()
-    except UnicodeDecodeError:
-        raise DecodeError("reason is not UTF-8", _REASON)
-    return PaymentStatus(payment_hash=fields[_HASH].hex(), state=state,
-                         give_up_height=u(_GIVE_UP), next_poll_height=u(_NEXT_POLL),
-                         attempts=u(_ATTEMPTS), reason=reason)
+        raise DecodeError(f"message {spec.msg_type} lacks fields {missing}")
+    values = {}
+    for field in spec.fields:
+        if field.tlv not in fields:
+            values[field.name] = field.default
+            continue
+        try:
+            values[field.name] = field.kind.unpack(fields[field.tlv])
+        except DecodeError as err:
+            raise DecodeError(f"{field.name} {err}", field.tlv) from None
+    if spec.check:
+        spec.check(values)
+    return spec.cls(**values)
 
 
 def _clip_utf8(text: str, limit: int) -> bytes:

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, assert_never
 
 from pyln.client import RpcError
 
-from . import __version__, failures, hold, messages, payer
+from . import __version__, failures, hold, messages, payer, rod
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT, has_feature
 from .lightningd import (
@@ -30,12 +30,17 @@ from .lightningd import (
     sendpay_route,
 )
 from .policy import Policy
+from .recipient import RecipientConfig
 from .record import find_record
+from .rod_shell import RodShell
+from .code import CODE_PREFIX
 from .states import PAY_OPEN, HoldState, PayState
 from .store import Store
 from .wire import DecodeError
 
 ROUTE_LAYERS = ["auto.localchans", "auto.sourcefree"]
+# A route hint names no capacity: assume the largest channel before wumbo (0.16 BTC).
+HINT_CAPACITY_MSAT = 16_777_215_000
 PEER_READY_SECONDS = 60    # longest wait for a reconnected peer's channel
 TICK_SECONDS = 0.2         # how often the worker looks at waking peers and an unsynced chain
 RECONCILE_SECONDS = 30     # re-issue what is owed even without a new block
@@ -66,7 +71,9 @@ class Node:
     """Everything the shell keeps between calls; one per plugin process."""
 
     def __init__(self, rpc, log: Callable[..., None], policy: Policy,
-                 refused_options: Optional[str] = None, plugin_path: Optional[str] = None):
+                 refused_options: Optional[str] = None, plugin_path: Optional[str] = None,
+                 rod_limits: rod.RodLimits = rod.RodLimits(),
+                 recipient: RecipientConfig = RecipientConfig()):
         self.rpc = rpc
         self.log = log
         self.lock = threading.RLock()
@@ -90,6 +97,8 @@ class Node:
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
         self._info_owed: set = set()         # peers with an INFO answer queued
         self._last_tick = self._last_reconcile = time.monotonic()
+        self.fetched = set(self.store.load("fetched"))  # hashes of invoices a Rod handed us
+        self.rods = RodShell(self, rod_limits, recipient)
 
     def _load(self, kind: str, parse) -> dict:
         """One unreadable record must not keep the others (and the plugin) from loading."""
@@ -114,6 +123,7 @@ class Node:
         self.reconcile()
         for peer in self.asyncln_peers():
             self.greet(peer)
+            self.rods.peer_connected(peer)
 
     # --- the worker --------------------------------------------------------
 
@@ -205,10 +215,12 @@ class Node:
     # --- the holding node's actions ----------------------------------------
 
     def find_route(self, action: hold.FindRoute) -> List[hold.Action]:
+        layer = self.hint_layer(action) if action.hints else None
         try:
             answer = self.rpc.call("getroutes", {
                 "source": self.node_id, "destination": action.destination,
-                "amount_msat": action.amount_msat, "layers": ROUTE_LAYERS,
+                "amount_msat": action.amount_msat,
+                "layers": ROUTE_LAYERS + ([layer] if layer else []),
                 "maxfee_msat": action.maxfee_msat, "final_cltv": action.final_cltv,
                 "maxdelay": action.maxdelay, "maxparts": 1})
             route = sendpay_route(first_route(answer))
@@ -218,8 +230,45 @@ class Node:
         except (KeyError, IndexError, ValueError) as e:
             with self.lock:
                 return self.relay.route_failed(action.payment_hash, f"unusable getroutes answer: {e!r}")
+        finally:
+            if layer:
+                self._try_rpc("askrene-remove-layer", {"layer": layer})
         with self.lock:
             return self.relay.route_found(action.payment_hash, route)
+
+    def hint_layer(self, action: hold.FindRoute) -> Optional[str]:
+        """An askrene layer holding the invoice's hinted channels, which gossip never shows.
+
+        Our own channels are left out: ``auto.localchans`` knows them better.
+        """
+        layer = f"asyncln-hints-{action.payment_hash}"
+        self._try_rpc("askrene-remove-layer", {"layer": layer})  # a crash may have left it
+        if not self._try_rpc("askrene-create-layer", {"layer": layer, "persistent": False}):
+            return None
+        for route in action.hints:
+            targets = [hop.node_id for hop in route[1:]] + [action.destination]
+            for hop, target in zip(route, targets):
+                if hop.node_id == self.node_id:
+                    continue
+                direction = int(bytes.fromhex(hop.node_id) > bytes.fromhex(target))
+                self._try_rpc("askrene-create-channel", {
+                    "layer": layer, "source": hop.node_id, "destination": target,
+                    "short_channel_id": hop.short_channel_id, "capacity_msat": HINT_CAPACITY_MSAT})
+                self._try_rpc("askrene-update-channel", {
+                    "layer": layer, "short_channel_id_dir": f"{hop.short_channel_id}/{direction}",
+                    "enabled": True, "htlc_minimum_msat": 0, "htlc_maximum_msat": HINT_CAPACITY_MSAT,
+                    "fee_base_msat": hop.fee_base_msat, "fee_proportional_millionths": hop.fee_ppm,
+                    "cltv_expiry_delta": hop.cltv_delta})
+        return layer
+
+    def _try_rpc(self, method: str, params: dict) -> bool:
+        """A call whose failure only costs a route: log it and go on."""
+        try:
+            self.rpc.call(method, params)
+            return True
+        except RpcError as e:
+            self.log(f"{method} failed: {rpc_message(e)}", level="debug")
+            return False
 
     def send_attempt(self, action: hold.SendPay) -> List[hold.Action]:
         """Re-check lightningd's own height just before sending, then send with our partid."""
@@ -338,6 +387,7 @@ class Node:
         def job():
             self.check_chain(height)
             self.reconcile()
+            self.submit(lambda: self.rods.on_block(height))
         self.submit(job, urgent=True)  # deadlines ride on it: ahead of informative work
 
     def check_chain(self, hint: int = 0) -> None:
@@ -359,6 +409,7 @@ class Node:
         def job():
             if peer in self.asyncln_peers():
                 self.greet(peer)
+                self.rods.peer_connected(peer)
         self.submit(job)
         self.wake(peer)
 
@@ -432,10 +483,35 @@ class Node:
                     self.save_pay(updated, durable=False)
                 else:
                     self.log(f"ignoring status for {msg.payment_hash} from {peer}", level="info")
+            case (messages.Deposit() | messages.PoolStatus() | messages.InvoiceRequest()
+                  | messages.InvoiceResponse() | messages.Note() | messages.NoteAck()
+                  | messages.CancelRequest() | messages.CancelAnswer()):
+                self.rods.on_message(peer, msg)
             case _:
                 assert_never(msg)
 
+    def payer_cancelled(self, peer: str, payment_hash: str) -> None:
+        """Worker: the payer asks us, its holding node, to fail its HTLC back."""
+        try:
+            with self.lock:
+                actions = self.relay.payer_cancel(payment_hash, peer)
+        except AsynclnError as e:
+            self.log(f"refusing {peer}'s cancel of {payment_hash}: {e}", level="info")
+            self.send(peer, messages.CancelAnswer(payment_hash, False, str(e)))
+            return
+        self.log(f"payer {peer} cancelled {payment_hash}")
+        self.send(peer, messages.CancelAnswer(payment_hash, True, hold.CANCELLED_BY_PAYER))
+        self.run(actions)
+
     # --- peers -----------------------------------------------------------
+
+    def connected_peers(self) -> set:
+        return {p["id"] for p in self.rpc.call("listpeers")["peers"] if p.get("connected")}
+
+    def remember_fetched(self, payment_hash: str) -> None:
+        with self.lock:
+            self.fetched.add(payment_hash)
+        self.store.put("fetched", payment_hash, {"fetched_at": int(time.time())})
 
     def asyncln_peers(self) -> List[str]:
         return [p["id"] for p in self.rpc.call("listpeers")["peers"]
@@ -491,13 +567,25 @@ class Node:
             if updated:
                 self.save_pay(updated)
 
-    def pay(self, invstring: str, trampoline: Optional[str], maxfee_msat, max_hold_blocks) -> dict:
+    def pay(self, invstring: str, trampoline: Optional[str], maxfee_msat, max_hold_blocks,
+            amount_msat=None, note: Optional[str] = None) -> dict:
+        """Pay a BOLT11 invoice, or a payment code: fetch an invoice from its Rod, then pay it."""
+        amount = None if amount_msat is None else _int(amount_msat, "amount_msat")
+        fetched = None
+        if invstring.lower().startswith(CODE_PREFIX):
+            if amount is None:
+                raise AsynclnError("paying a code needs amount_msat", Code.BAD_PARAMETER)
+            fetched = self.rods.fetch(invstring, amount, note)
+            invstring = fetched["bolt11"]
+        elif note is not None:
+            raise AsynclnError("a note needs a payment code (it is encrypted to the code's key)",
+                               Code.NOTE_REFUSED)
         try:
             decoded = self.rpc.call("decode", {"string": invstring})
         except RpcError as e:
             raise AsynclnError(f"cannot decode invstring: {rpc_message(e)}", Code.INVOICE_UNUSABLE)
         now = int(time.time())
-        invoice = payer.check_invoice(decoded, now, invstring)
+        invoice = payer.check_invoice(decoded, now, invstring, amount)
         with self.lock:
             existing = self.pays.get(invoice.payment_hash)
             payer.may_pay_again(existing)
@@ -506,7 +594,10 @@ class Node:
             self.paying.add(invoice.payment_hash)
             terms = dict(self.terms)
         try:
-            return self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now)
+            result = self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now)
+            if fetched:
+                result.update(rod=fetched["rod"], note_sent=fetched["note_sent"])
+            return result
         finally:
             with self.lock:
                 self.paying.discard(invoice.payment_hash)
@@ -570,6 +661,22 @@ class Node:
         except RpcError as e:
             raise AsynclnError(f"no route to the trampoline: {rpc_message(e)}", Code.SEND_FAILED)
 
+    def fetchinvoice(self, code_text: str, amount_msat, note: Optional[str]) -> dict:
+        return self.rods.fetch(code_text, _int(amount_msat, "amount_msat"), note)
+
+    def deposit(self, amount_msat, count, my_rod: Optional[str]) -> dict:
+        """Deposit now, e.g. fixed-amount invoices, at one Rod (the first by default)."""
+        amount = None if amount_msat is None else _int(amount_msat, "amount_msat")
+        count = _int(count, "count")
+        rods = [r.node_id for r in self.rods.config.rods]
+        target = my_rod or (rods[0] if rods else None)
+        if target not in rods:
+            raise AsynclnError(f"{target} is not one of my Rods (asyncln-rod)", Code.BAD_PARAMETER)
+        if not 1 <= count <= messages.MAX_DEPOSIT_BATCH:
+            raise AsynclnError(f"count must be 1 to {messages.MAX_DEPOSIT_BATCH}",
+                               Code.BAD_PARAMETER)
+        return {"rod": target, "deposited": self.rods.deposit(target, amount, count)}
+
     # --- operator views ----------------------------------------------------
 
     def listpays(self, payment_hash: Optional[str] = None) -> dict:
@@ -589,11 +696,32 @@ class Node:
         return self.listheld(payment_hash)
 
     def cancel(self, payment_hash: str) -> dict:
+        """As the holding node: fail it back. As the payer: ask the holding node to."""
         with self.lock:
-            actions = self.relay.cancel(payment_hash)
-            entry = held_json(self.relay.held[payment_hash])
+            mine = self.pays.get(payment_hash) if payment_hash not in self.relay.held else None
+            if mine is None:
+                actions = self.relay.cancel(payment_hash)
+                entry = held_json(self.relay.held[payment_hash])
+        if mine is not None:
+            return self.cancel_as_payer(mine)
         self.submit_actions(actions)
         return entry
+
+    def cancel_as_payer(self, pay: payer.Pay) -> dict:
+        """Runs on its own thread: waits for the holding node's answer."""
+        payer.may_cancel(pay)
+        answer = self.rods.ask(pay.trampoline, ("cancel", pay.payment_hash),
+                               messages.CancelRequest(pay.payment_hash))
+        if not answer.accepted:
+            raise AsynclnError(f"the holding node refused: {answer.reason}",
+                               Code.ATTEMPT_IN_FLIGHT if "in flight" in answer.reason
+                               else Code.ALREADY_RESOLVED)
+        with self.lock:
+            current = self.pays[pay.payment_hash]
+            updated = payer.cancelled(current)
+        if updated:
+            self.save_pay(updated)
+        return pay_json(self.pays[pay.payment_hash])
 
     def getinfo(self) -> dict:
         with self.lock:
@@ -619,6 +747,8 @@ class Node:
                                  "fee_ppm": i.fee_ppm, "max_hold_blocks": i.max_hold_blocks,
                                  "min_held_msat": i.min_held_msat}
                                 for peer, i in sorted(self.terms.items())],
+                "rods": self.rods.rods_json(),
+                "rod_depositors": self.rods.depositors_json(),
                 "warnings": warnings,
             }
 

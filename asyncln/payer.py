@@ -16,7 +16,8 @@ from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Succeeded, judge_attempt, msat
 from .messages import PaymentStatus
 from .policy import Policy
-from .record import FinalPayload, TrampolineRecord
+from .hold import CANCELLED_BY_PAYER
+from .record import MAX_HINT_HOPS, MAX_HINT_ROUTES, FinalPayload, HintHop, TrampolineRecord
 from .states import PAY_MOVES, PAY_OPEN, PayState, move
 from .wire import encode_bigsize, encode_tlv_stream, encode_tu
 
@@ -73,18 +74,30 @@ class Invoice:
     amount_msat: int
     min_final_cltv_expiry: int
     expires_at: Optional[int] = None  # unix seconds
+    route_hints: Tuple[Tuple[HintHop, ...], ...] = ()
 
 
-def check_invoice(decoded: dict, now: int, bolt11: str = "") -> Invoice:
+def check_invoice(decoded: dict, now: int, bolt11: str = "",
+                  amount_msat: Optional[int] = None) -> Invoice:
     """An :class:`Invoice` from lightningd's ``decode`` answer, if asyncln can pay it.
 
     ``decode`` does not echo the string it decoded: pass it as ``bolt11``.
+    ``amount_msat`` is the payer's amount: required for an amountless
+    invoice, and must match an invoice that names its own.
     """
     if decoded.get("type") != "bolt11 invoice" or not decoded.get("valid", False):
         raise AsynclnError("invstring is not a valid BOLT11 invoice", Code.INVOICE_UNUSABLE)
-    if "amount_msat" not in decoded or msat(decoded["amount_msat"]) < 1:
-        raise AsynclnError("the invoice has no amount: asyncln cannot choose one",
-                           Code.INVOICE_UNUSABLE)
+    if "amount_msat" in decoded:
+        amount = msat(decoded["amount_msat"])
+        if amount_msat is not None and amount_msat != amount:
+            raise AsynclnError(f"amount_msat {amount_msat} differs from the invoice's {amount}",
+                               Code.INVOICE_UNUSABLE)
+    elif amount_msat is None:
+        raise AsynclnError("the invoice has no amount: give amount_msat", Code.INVOICE_UNUSABLE)
+    else:
+        amount = amount_msat
+    if amount < 1:
+        raise AsynclnError("the amount must be at least 1msat", Code.INVOICE_UNUSABLE)
     if "payment_secret" not in decoded:
         raise AsynclnError("the invoice has no payment secret", Code.INVOICE_UNUSABLE)
     expires_at = None
@@ -93,8 +106,38 @@ def check_invoice(decoded: dict, now: int, bolt11: str = "") -> Invoice:
         if expires_at <= now:
             raise AsynclnError("the invoice has expired", Code.INVOICE_UNUSABLE)
     return Invoice(bolt11, decoded["payment_hash"], decoded["payment_secret"], decoded["payee"],
-                   msat(decoded["amount_msat"]),
-                   int(decoded.get("min_final_cltv_expiry", DEFAULT_FINAL_CLTV)), expires_at)
+                   amount, int(decoded.get("min_final_cltv_expiry", DEFAULT_FINAL_CLTV)),
+                   expires_at, route_hints(decoded.get("routes", [])))
+
+
+def check_fetched(decoded: dict, recipient: str, amount_msat: int, now: int, bolt11: str,
+                  used: Set[str]) -> Invoice:
+    """The invoice a Rod handed us: signed by the recipient, unexpired, for our amount, fresh.
+
+    ``decode`` reports ``valid`` only when the signature matches ``payee``.
+    ``used``: payment hashes we fetched or paid before; a Rod serving one
+    again could be replaying an invoice whose preimage is already known.
+    """
+    try:
+        invoice = check_invoice(decoded, now, bolt11, amount_msat)
+    except AsynclnError as e:
+        raise AsynclnError(f"the Rod's invoice is unusable: {e}", Code.INVOICE_MISMATCH)
+    if invoice.destination != recipient:
+        raise AsynclnError(f"the Rod's invoice is signed by {invoice.destination}, not by the "
+                           f"recipient {recipient}", Code.INVOICE_MISMATCH)
+    if invoice.payment_hash in used:
+        raise AsynclnError(f"the Rod's invoice reuses payment hash {invoice.payment_hash}",
+                           Code.HASH_REUSED)
+    return invoice
+
+
+def route_hints(routes: List[List[dict]]) -> Tuple[Tuple[HintHop, ...], ...]:
+    """``decode``'s ``routes``, as many as the record carries (the shortest first)."""
+    usable = sorted((r for r in routes if 1 <= len(r) <= MAX_HINT_HOPS), key=len)
+    return tuple(tuple(HintHop(hop["pubkey"], hop["short_channel_id"], msat(hop["fee_base_msat"]),
+                               int(hop["fee_proportional_millionths"]),
+                               int(hop["cltv_expiry_delta"])) for hop in route)
+                 for route in usable[:MAX_HINT_ROUTES])
 
 
 def default_maxfee(amount_msat: int) -> int:
@@ -206,7 +249,8 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
         next_node=invoice.destination, amount_msat=invoice.amount_msat,
         final_cltv_delta=invoice.min_final_cltv_expiry,
         payment_secret=invoice.payment_secret, total_msat=invoice.amount_msat,
-        please_poll=please_poll, max_hold_blocks=hold, report_to=report_to)
+        please_poll=please_poll, max_hold_blocks=hold, report_to=report_to,
+        route_hints=invoice.route_hints)
     hops = []
     for hop, onward in zip(path, path[1:]):
         hops.append({"pubkey": hop["node_id_out"],
@@ -300,6 +344,25 @@ def reconcile(pay: Pay, parts: List[dict], htlc_out: bool, height: int) -> Optio
 
 def _fail(pay: Pay, reason: str) -> Pay:
     return replace(pay, status=move(PAY_MOVES, pay.status, PayState.FAILED), reason=reason)
+
+
+def may_cancel(pay: Pay) -> None:
+    """A payer may ask its holding node to cancel only an open payment that asked for reports.
+
+    The holding node accepts a cancel only from the ``report_to`` of the record.
+    """
+    if pay.status not in PAY_OPEN:
+        raise AsynclnError(f"this payment is already {pay.status.value}", Code.ALREADY_RESOLVED)
+    if not pay.report:
+        raise AsynclnError("this payment did not ask its holding node for reports, so the "
+                           "holding node would not take a cancel from us", Code.UNKNOWN_PAYMENT)
+
+
+def cancelled(pay: Pay) -> Optional[Pay]:
+    """The holding node accepted our cancel: the HTLC's failure will say why."""
+    if pay.status not in PAY_OPEN:
+        return None
+    return replace(pay, reason=CANCELLED_BY_PAYER)
 
 
 def may_pay_again(existing: Optional[Pay]) -> None:

@@ -5,10 +5,8 @@ The payer puts it next to the ordinary ``amt_to_forward`` (2) and
 node. docs/PROTOCOL.md describes every field and why each type is odd or even.
 """
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
-
-from coincurve import PublicKey
 
 from .wire import (
     DecodeError,
@@ -18,6 +16,7 @@ from .wire import (
     encode_bigsize,
     encode_tlv_stream,
     encode_tu,
+    is_point,
 )
 
 RECORD_TYPE = 66101
@@ -35,9 +34,63 @@ PAYMENT_SECRET = 6
 TOTAL_MSAT = 8
 MAX_HOLD_BLOCKS = 10
 REPORT_TO = 11
+ROUTE_HINTS = 12
 _KNOWN_EVEN = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET,
-               TOTAL_MSAT, MAX_HOLD_BLOCKS)
+               TOTAL_MSAT, MAX_HOLD_BLOCKS, ROUTE_HINTS)
 _REQUIRED = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET)
+
+# Route hints: as BOLT 11's `r` field, a hop is 51 bytes. The caps keep the
+# record well inside the 1300-byte onion that the payer's other hops share.
+HINT_HOP_BYTES = 51
+MAX_HINT_ROUTES = 4
+MAX_HINT_HOPS = 3
+
+
+@dataclass(frozen=True)
+class HintHop:
+    """One hop of an invoice's route hint: the channel from ``node_id`` towards the recipient."""
+
+    node_id: str
+    short_channel_id: str  # "BLOCKxTXxOUT"
+    fee_base_msat: int
+    fee_ppm: int
+    cltv_delta: int
+
+    def encode(self) -> bytes:
+        block, tx, out = (int(n) for n in self.short_channel_id.split("x"))
+        return (bytes.fromhex(self.node_id) + ((block << 40) | (tx << 16) | out).to_bytes(8, "big")
+                + self.fee_base_msat.to_bytes(4, "big") + self.fee_ppm.to_bytes(4, "big")
+                + self.cltv_delta.to_bytes(2, "big"))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "HintHop":
+        if not is_point(raw[:33]):
+            raise DecodeError("route hint node is not a valid public key", RECORD_TYPE)
+        scid = int.from_bytes(raw[33:41], "big")
+        return cls(raw[:33].hex(), f"{scid >> 40}x{(scid >> 16) & 0xFFFFFF}x{scid & 0xFFFF}",
+                   int.from_bytes(raw[41:45], "big"), int.from_bytes(raw[45:49], "big"),
+                   int.from_bytes(raw[49:51], "big"))
+
+
+def encode_hints(routes: Tuple[Tuple[HintHop, ...], ...]) -> bytes:
+    """Each route: a hop count byte, then its hops."""
+    return b"".join(bytes([len(route)]) + b"".join(hop.encode() for hop in route)
+                    for route in routes)
+
+
+def decode_hints(value: bytes) -> Tuple[Tuple[HintHop, ...], ...]:
+    routes, offset = [], 0
+    while offset < len(value):
+        count = value[offset]
+        end = offset + 1 + count * HINT_HOP_BYTES
+        if not 1 <= count <= MAX_HINT_HOPS or end > len(value):
+            raise DecodeError("malformed route hint", ROUTE_HINTS)
+        routes.append(tuple(HintHop.decode(value[start:start + HINT_HOP_BYTES])
+                            for start in range(offset + 1, end, HINT_HOP_BYTES)))
+        offset = end
+    if not routes or len(routes) > MAX_HINT_ROUTES:
+        raise DecodeError(f"route hints must hold 1 to {MAX_HINT_ROUTES} routes", ROUTE_HINTS)
+    return tuple(routes)
 
 
 @dataclass(frozen=True)
@@ -52,6 +105,7 @@ class TrampolineRecord:
     please_poll: bool         # hold and re-try while the recipient is offline
     max_hold_blocks: Optional[int] = None  # payer's own cap on the hold
     report_to: Optional[str] = None  # the payer, asking for PAYMENT_STATUS reports (opt-in)
+    route_hints: Tuple[Tuple[HintHop, ...], ...] = ()  # the invoice's, for a private recipient
 
     def encode(self) -> bytes:
         inner = {
@@ -67,6 +121,8 @@ class TrampolineRecord:
             inner[MAX_HOLD_BLOCKS] = encode_tu(self.max_hold_blocks)
         if self.report_to is not None:
             inner[REPORT_TO] = bytes.fromhex(self.report_to)
+        if self.route_hints:
+            inner[ROUTE_HINTS] = encode_hints(self.route_hints)
         return bytes([RECORD_VERSION]) + encode_tlv_stream(inner)
 
     @classmethod
@@ -80,10 +136,10 @@ class TrampolineRecord:
             if required not in fields:
                 raise DecodeError(f"asyncln record lacks field {required}", RECORD_TYPE)
         node = fields[NEXT_NODE_ID]
-        if not _is_point(node):
+        if not is_point(node):
             raise DecodeError("next_node_id is not a valid public key", RECORD_TYPE)
         report_to = fields.get(REPORT_TO)
-        if report_to is not None and not _is_point(report_to):
+        if report_to is not None and not is_point(report_to):
             raise DecodeError("report_to is not a valid public key", RECORD_TYPE)
         if len(fields[PAYMENT_SECRET]) != 32:
             raise DecodeError("payment_secret must be 32 bytes", RECORD_TYPE)
@@ -103,18 +159,17 @@ class TrampolineRecord:
             please_poll=PLEASE_POLL in fields,
             max_hold_blocks=None if max_hold is None else decode_tu(max_hold, 4, RECORD_TYPE),
             report_to=None if report_to is None else report_to.hex(),
+            route_hints=decode_hints(fields[ROUTE_HINTS]) if ROUTE_HINTS in fields else (),
         )
 
+    def to_json(self) -> dict:
+        return asdict(self)
 
-def _is_point(key: bytes) -> bool:
-    """A compressed key that is really on the curve: S must be able to pay it."""
-    if len(key) != 33 or key[0] not in (2, 3):
-        return False
-    try:
-        PublicKey(key)
-    except ValueError:
-        return False
-    return True
+    @classmethod
+    def from_json(cls, data: dict) -> "TrampolineRecord":
+        hints = tuple(tuple(HintHop(**hop) for hop in route)
+                      for route in data.get("route_hints", ()))
+        return cls(**{**data, "route_hints": hints})
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ log line without guessing what went wrong.
 
 from typing import Dict, Iterable, Mapping, Tuple
 
+from coincurve import PublicKey
+
 
 class DecodeError(ValueError):
     """Input that does not follow the wire format."""
@@ -92,3 +94,14 @@ def decode_tlv_stream(data: bytes, known_even: Iterable[int] = ()) -> Dict[int, 
         offset += length
         last = tlv_type
     return records
+
+
+def is_point(key: bytes) -> bool:
+    """A compressed key that is really on the curve: something can pay or encrypt to it."""
+    if len(key) != 33 or key[0] not in (2, 3):
+        return False
+    try:
+        PublicKey(key)
+    except ValueError:
+        return False
+    return True

@@ -1,10 +1,9 @@
-"""Wire primitives, the onion record, custom messages and failure encodings."""
+"""Wire primitives, the onion record and failure encodings (custom messages: test_messages.py)."""
 
 import pytest
-from factories import PAYMENT_HASH, node_id, record
+from factories import node_id, record
 
-from asyncln import failures, messages
-from asyncln.policy import Policy
+from asyncln import failures
 from asyncln.record import FinalPayload, TrampolineRecord, find_record
 from asyncln.wire import (
     DecodeError,
@@ -76,7 +75,7 @@ def test_payload_without_record_and_cln_fact_payload():
     (lambda raw: b"", "empty"),
     (lambda raw: b"\x02" + raw[1:], "unknown asyncln record version 2"),
     (lambda raw: raw[:-3], "truncated"),
-    (lambda raw: raw + encode_tlv_stream({12: b"\x01"}), "unknown even"),
+    (lambda raw: raw + encode_tlv_stream({14: b"\x01"}), "unknown even"),
     (lambda raw: raw + encode_tlv_stream({13: b"\x01"}), None),  # unknown odd: ignored
 ])
 def test_record_rejects_bad_input(mutate, message):
@@ -104,40 +103,6 @@ OFF_CURVE = b"\x03" + b"\xbb" * 32  # 33 bytes, 03 prefix, but no point has this
 def test_record_rejects_inconsistent_fields(fields, message):
     with pytest.raises(DecodeError, match=message):
         TrampolineRecord.decode(b"\x01" + encode_tlv_stream(fields))
-
-
-def test_messages_roundtrip():
-    samples = [
-        messages.QueryInfo(), messages.Online(),
-        Policy(6, 1008, 144, 1000, 500, 50, 10**9, True),
-        Policy(1, 1, 1, 0, 0, 0, 0, False),
-        messages.PaymentStatus(PAYMENT_HASH, "held", 700, 606, 2, "peer offline"),
-        messages.PaymentStatus(PAYMENT_HASH, "failed", 700, 606, 2, ""),
-    ]
-    for msg in samples:
-        assert messages.decode(messages.encode(msg)) == msg
-
-
-def test_status_reason_is_clipped_on_a_character_boundary():
-    msg = messages.PaymentStatus(PAYMENT_HASH, "held", 1, 1, 1, "é" * 300)
-    assert messages.decode(messages.encode(msg)).reason == "é" * 200
-
-
-@pytest.mark.parametrize("payload,message", [
-    ("ae", "shorter than its type"),
-    ("zz", "not hex"),
-    ("ae9d", "unsupported message version none"),
-    ("ae9d000102", "unsupported message version 02"),
-    ("ae9f000101", "lacks fields"),
-    ("aea1000101" + "02" + "1f" + "00" * 31, "lacks fields"),
-])
-def test_messages_reject_bad_input(payload, message):
-    with pytest.raises(DecodeError, match=message):
-        messages.decode(payload)
-
-
-def test_foreign_message_types_are_not_ours():
-    assert messages.decode("8001" + "00") is None
 
 
 def test_failure_encodings():

@@ -1,13 +1,19 @@
 """Every parser, fed arbitrary bytes: a result or DecodeError, nothing else."""
 
-from factories import PAYER, PAYMENT_HASH, incoming, payload, record
+from factories import PAYMENT_HASH, RECIPIENT, incoming, payload, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asyncln import hold, messages
 from asyncln.policy import Policy
 from asyncln.record import TrampolineRecord, find_record
-from asyncln.wire import DecodeError, decode_bigsize, decode_tlv_stream
+from asyncln.wire import (
+    DecodeError,
+    decode_bigsize,
+    decode_tlv_stream,
+    encode_tlv_stream,
+    encode_tu,
+)
 
 FUZZ = settings(max_examples=2000, deadline=None)
 
@@ -44,18 +50,59 @@ def test_trampoline_record(data):
     assert TrampolineRecord.decode(rec.encode()) == rec
 
 
-@FUZZ
-@given(st.one_of(*(mutations(bytes.fromhex(messages.encode(m))) for m in (
+MESSAGE_SEEDS = (
     Policy(1, 2, 3, 4, 5, 6, 7, True),
     messages.PaymentStatus(PAYMENT_HASH, "held", 1, 2, 3, "why"),
-    messages.QueryInfo()))))
-def test_custom_messages(data):
+    messages.QueryInfo(),
+    messages.Deposit(("lnbcrt1u1first", "lnbcrt2u1second")),
+    messages.PoolStatus(3, 1, 50, 86400, ("expires too soon",)),
+    messages.InvoiceRequest("01" * 8, RECIPIENT, 50_000),
+    messages.InvoiceResponse("01" * 8, bolt11="lnbcrt1u1first"),
+    messages.InvoiceResponse("01" * 8, error_code=2133, error="pool empty"),
+    messages.Note(RECIPIENT, PAYMENT_HASH, "ab" * 60),
+    messages.NoteAck(PAYMENT_HASH),
+    messages.CancelRequest(PAYMENT_HASH),
+    messages.CancelAnswer(PAYMENT_HASH, True, "cancelled"),
+)
+SEED_BYTES = [bytes.fromhex(messages.encode(m)) for m in MESSAGE_SEEDS]
+
+
+def decodes_or_refuses(data: bytes):
+    """Only DecodeError may escape, and whatever decodes re-encodes to the same message."""
     try:
         msg = messages.decode(data.hex())
     except DecodeError:
         return
     if msg is not None:
         assert messages.decode(messages.encode(msg)) == msg
+
+
+@FUZZ
+@given(st.one_of(*map(mutations, SEED_BYTES)))
+def test_custom_messages(data):
+    decodes_or_refuses(data)
+
+
+@FUZZ
+@given(st.sampled_from(messages.MESSAGE_TYPES), st.binary(max_size=300))
+def test_every_message_type_with_random_bodies(msg_type, body):
+    decodes_or_refuses(msg_type.to_bytes(2, "big") + body)
+
+
+VALUES = st.one_of(
+    st.integers(0, 2**64 - 1).map(encode_tu), st.binary(max_size=40),
+    st.binary(min_size=560, max_size=563), st.just(bytes.fromhex(RECIPIENT)),
+    st.lists(st.binary(max_size=4).map(lambda b: bytes([len(b)]) + b)).map(b"".join))
+
+
+@FUZZ
+@given(st.sampled_from(SEED_BYTES), st.integers(0, 16), st.one_of(st.none(), VALUES))
+def test_custom_messages_with_one_field_replaced_or_dropped(seed, tlv, value):
+    """Every other field valid, so each field's own checks are reached."""
+    fields = {t: v for t, v in decode_tlv_stream(seed[2:], range(0, 16, 2)).items() if t != tlv}
+    if value is not None:
+        fields[tlv] = value
+    decodes_or_refuses(seed[:2] + encode_tlv_stream(fields))
 
 
 @FUZZ

@@ -66,7 +66,7 @@ def test_check_invoice_reads_what_asyncln_needs():
     ({"type": "bolt12 offer"}, "not a valid BOLT11"),
     ({"valid": False}, "not a valid BOLT11"),
     ({"amount_msat": None}, "no amount"),
-    ({"amount_msat": "0msat"}, "no amount"),
+    ({"amount_msat": "0msat"}, "at least 1msat"),
     ({"payment_secret": None}, "payment secret"),
     ({"created_at": NOW - 3600}, "expired"),
     ({"created_at": NOW - 4000}, "expired"),
@@ -355,3 +355,39 @@ def test_transitions_go_through_the_table(monkeypatch):
         payer.on_status(pay(status=PayState.COMPLETE), HELD_STATUS, S)
     with pytest.raises(IllegalTransition):
         payer.on_failure(pay(status=PayState.COMPLETE), 0, 1, None, 1, "x")
+
+
+def test_an_amountless_invoice_takes_the_payers_amount():
+    assert payer.check_invoice(decoded(amount_msat=None), NOW, amount_msat=7_000).amount_msat == 7_000
+    assert payer.check_invoice(decoded(), NOW, amount_msat=100_000).amount_msat == 100_000
+    with pytest.raises(AsynclnError, match="differs") as e:
+        payer.check_invoice(decoded(), NOW, amount_msat=99_999)
+    assert e.value.code == Code.INVOICE_UNUSABLE
+
+
+def test_route_hints_ride_in_the_record():
+    hint = {"pubkey": S, "short_channel_id": "103x1x0", "fee_base_msat": 1000,
+           "fee_proportional_millionths": 10, "cltv_expiry_delta": 6}
+    routes = [[hint] * 4, [hint]] + [[hint, hint]] * 4  # too long a route is left out
+    inv = payer.check_invoice(decoded(routes=routes), NOW)
+    assert [len(r) for r in inv.route_hints] == [1, 2, 2, 2]
+    path = [hop(ME, S, "1x1x1/0", 102_000, 102_000, 200, 200)]
+    hops, _, _ = payer.plan(inv, path, 100, 50)
+    record = TrampolineRecord.decode(find_record(bytes.fromhex(hops[-1]["payload"]))[1])
+    assert record.route_hints == inv.route_hints
+    assert record.route_hints[0][0].short_channel_id == "103x1x0"
+
+
+def test_a_fetched_invoice_must_be_the_recipients_own_unexpired_fresh_and_fit():
+    fetched = payer.check_fetched(decoded(amount_msat=None), RECIPIENT, 5_000, NOW, "lnbcrt1y", set())
+    assert (fetched.amount_msat, fetched.bolt11) == (5_000, "lnbcrt1y")
+    assert "not by the recipient" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
+                                             decoded(payee=S), RECIPIENT, 100_000, NOW, "", set())
+    assert "expired" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
+                                decoded(created_at=NOW - 4000), RECIPIENT, 100_000, NOW, "", set())
+    assert "differs" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
+                                decoded(), RECIPIENT, 5_000, NOW, "", set())
+    assert "not a valid" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
+                                    decoded(valid=False), RECIPIENT, 100_000, NOW, "", set())
+    assert "reuses" in refused(Code.HASH_REUSED, payer.check_fetched,
+                               decoded(), RECIPIENT, 100_000, NOW, "", {PAYMENT_HASH})

@@ -1,0 +1,451 @@
+"""The Rod: keeps an offline recipient's presigned invoices and hands each out at most once.
+
+A recipient B deposits BOLT11 invoices made by its own lightningd (so only
+B knows their preimages) at its always-online Rod R. While B is offline a
+payer A asks R for one of B's invoices, and may leave an end-to-end-
+encrypted note (opaque bytes to R) that R delivers when B reconnects.
+
+Pure: the shell decodes invoices with lightningd's ``decode``, passes the
+time, persists :meth:`Rod.pool` after every change and turns an
+:class:`AsynclnError` into an RPC error. Rules, property-tested in
+tests/test_rod.py:
+
+* a payment hash is served at most once: a served hash is remembered (and
+  persisted) until its invoice expires, and a deposit of a hash in the pool
+  or already served is refused. Once the invoice has expired B's lightningd
+  refuses payments for it, and a deposit of it is refused as expired;
+* nothing is served that expires within ``SERVE_MARGIN_SECONDS``;
+* a pool never exceeds ``max_invoices`` or ``max_bytes``, and only an
+  allowed depositor adds to one;
+* a refused call changes no pool;
+* each requester's invoice requests pass a token bucket;
+* a note is kept only for a hash served to its sender, for that recipient.
+"""
+
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
+from types import MappingProxyType
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union, assert_never
+
+from .errors import AsynclnError, Code
+from .lightningd import msat
+
+# A served invoice must leave the payer time to pay it: never serve one with less left.
+SERVE_MARGIN_SECONDS = 600
+# BOLT 11's expiry when the invoice sets none.
+DEFAULT_EXPIRY_SECONDS = 3600
+HOUR = 3600
+
+# Option name -> (RodLimits field, least allowed value), as policy.OPTIONS.
+# The least min-expiry is the serving margin: a shorter one admits invoices
+# that could never be served.
+OPTIONS = {
+    "asyncln-rod-max-invoices": ("max_invoices", 1),
+    "asyncln-rod-max-bytes": ("max_bytes", 1),
+    "asyncln-rod-min-expiry": ("min_expiry_seconds", SERVE_MARGIN_SECONDS),
+    "asyncln-rod-fetches-per-hour": ("fetches_per_hour", 1),
+    "asyncln-rod-max-notes": ("max_notes", 0),
+}
+DEPOSITORS_OPTION = "asyncln-rod-depositors"
+DEPOSITOR_MODES = ("peers", "any", "none")
+
+_NODE_ID = re.compile(r"0[23][0-9a-f]{64}")
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class RodLimits:
+    max_invoices: int = 50            # per depositor
+    max_bytes: int = 50_000           # per depositor: sum of len(bolt11)
+    min_expiry_seconds: int = 86_400  # a deposited invoice must stay valid at least this long
+    fetches_per_hour: int = 10        # invoice requests per requester, refilled continuously
+    max_notes: int = 20               # notes waiting per recipient
+    max_note_bytes: int = 561         # sealed note size cap: note.MAX_SEALED_BYTES; not an option
+    depositors: str = "peers"         # "peers", "any", "none", or comma-separated node ids
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> "RodLimits":
+        """Parse lightningd's option values; ValueError names the first bad one."""
+        values = {}
+        for name, (field_name, least) in OPTIONS.items():
+            if name not in options:
+                continue
+            try:
+                value = int(options[name])
+            except (TypeError, ValueError):
+                raise ValueError(f"{name} must be an integer, not {options[name]!r}")
+            if value < least:
+                raise ValueError(f"{name} must be at least {least}")
+            values[field_name] = value
+        if DEPOSITORS_OPTION in options:
+            values["depositors"] = _depositors(options[DEPOSITORS_OPTION])
+        return cls(**values)
+
+    def allows(self, depositor: str, is_channel_peer: bool) -> bool:
+        """Whether ``depositors`` lets this node keep a pool here."""
+        match self.depositors:
+            case "any":
+                return True
+            case "peers":
+                return is_channel_peer
+            case "none":
+                return False
+            case listed:
+                return depositor in listed.split(",")
+
+
+def _depositors(value) -> str:
+    text = str(value).strip().lower()
+    if text in DEPOSITOR_MODES:
+        return text
+    ids = [part.strip() for part in text.split(",")]
+    if not all(_NODE_ID.fullmatch(node) for node in ids):
+        raise ValueError(f"{DEPOSITORS_OPTION} must be peers, any, none or comma-separated "
+                         f"node ids, not {value!r}")
+    return ",".join(ids)
+
+
+@dataclass(frozen=True)
+class Deposited:
+    payment_hash: str
+    bolt11: str
+    amount_msat: Optional[int]        # None: amountless
+    expires_at: int                   # unix seconds
+
+
+@dataclass(frozen=True)
+class Served:
+    """Remembered until the invoice expires, so its hash is never served or accepted again."""
+
+    requester: str
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Everything the Rod keeps for one depositor: one datastore record.
+
+    ``invoices`` keep their deposit order; ``notes`` their arrival order.
+    The mappings are read-only copies, so a Pool can be shared freely.
+    """
+
+    invoices: Tuple[Deposited, ...] = ()
+    served: Mapping[str, Served] = field(default_factory=dict)  # payment_hash -> Served
+    notes: Mapping[str, str] = field(default_factory=dict)      # payment_hash -> sealed note hex
+
+    def __post_init__(self):
+        object.__setattr__(self, "invoices", tuple(self.invoices))
+        object.__setattr__(self, "served", MappingProxyType(dict(self.served)))
+        object.__setattr__(self, "notes", MappingProxyType(dict(self.notes)))
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to keep: the shell may delete the record."""
+        return not (self.invoices or self.served or self.notes)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(len(invoice.bolt11) for invoice in self.invoices)
+
+    def fresh(self, now: float) -> "Pool":
+        """Without expired invoices, and served hashes whose invoice expired.
+
+        Notes stay until B takes them: B may come back long after the
+        invoice expired, and B's lightningd knows whether it was paid.
+        """
+        return replace(self, invoices=tuple(i for i in self.invoices if i.expires_at > now),
+                       served={h: s for h, s in self.served.items() if s.expires_at > now})
+
+    def to_json(self) -> dict:
+        return {"invoices": [asdict(invoice) for invoice in self.invoices],
+                "served": {h: asdict(served) for h, served in self.served.items()},
+                "notes": dict(self.notes)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Pool":
+        return cls(tuple(Deposited(**invoice) for invoice in data["invoices"]),
+                   {h: Served(**served) for h, served in data["served"].items()},
+                   data["notes"])
+
+
+@dataclass(frozen=True)
+class DepositResult:
+    accepted: int
+    refused: Tuple[str, ...]           # one reason per refused item, in order
+    level: int                         # invoices now in the pool
+
+
+def _refused(reason: str) -> AsynclnError:
+    return AsynclnError(reason, Code.DEPOSIT_REFUSED)
+
+
+def check_invoice(depositor: str, decoded: dict, bolt11: str, now: int,
+                  limits: RodLimits) -> Deposited:
+    """A :class:`Deposited` from lightningd's ``decode`` answer, if the Rod may keep it.
+
+    ``decoded`` describes what a depositor sent us: any shape of it ends in
+    a Deposited or DEPOSIT_REFUSED. Only the depositor's own invoices are
+    kept (it alone knows their preimages), and only ones with a payment
+    secret, which keeps intermediate nodes from probing B with them.
+    """
+    if (not isinstance(decoded, Mapping) or decoded.get("type") != "bolt11 invoice"
+            or decoded.get("valid") is not True):
+        raise _refused("not a valid BOLT11 invoice")
+    payment_hash = decoded.get("payment_hash")
+    if not _is_hex32(payment_hash):
+        raise _refused("the invoice has no valid payment hash")
+    prefix = payment_hash[:16]
+    if not isinstance(bolt11, str) or not bolt11:
+        raise _refused(f"{prefix}: no invoice string")
+    if decoded.get("payee") != depositor:
+        raise _refused(f"{prefix}: the invoice is not the depositor's own")
+    if not _is_hex32(decoded.get("payment_secret")):
+        raise _refused(f"{prefix}: the invoice has no payment secret")
+    amount = _amount(decoded, prefix)
+    expires_at = _expires_at(decoded, prefix)
+    problem = _too_soon(expires_at, now, limits)
+    if problem:
+        raise _refused(f"{prefix}: {problem}")
+    return Deposited(payment_hash, bolt11, amount, expires_at)
+
+
+def _is_hex32(value) -> bool:
+    return isinstance(value, str) and _HEX32.fullmatch(value) is not None
+
+
+def _amount(decoded: Mapping, prefix: str) -> Optional[int]:
+    if "amount_msat" not in decoded:
+        return None
+    try:
+        amount = msat(decoded["amount_msat"])
+    except ValueError:
+        raise _refused(f"{prefix}: unreadable amount {decoded['amount_msat']!r}")
+    if amount < 1:
+        raise _refused(f"{prefix}: the invoice asks for {amount}msat")
+    return amount
+
+
+def _expires_at(decoded: Mapping, prefix: str) -> int:
+    created_at = decoded.get("created_at")
+    expiry = decoded.get("expiry", DEFAULT_EXPIRY_SECONDS)
+    if not (_is_count(created_at) and _is_count(expiry)):
+        raise _refused(f"{prefix}: unreadable creation time or expiry")
+    return created_at + expiry
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _too_soon(expires_at: int, now: float, limits: RodLimits) -> Optional[str]:
+    """Why an invoice expiring at ``expires_at`` may not be deposited now, if it may not."""
+    needed = max(limits.min_expiry_seconds, SERVE_MARGIN_SECONDS)
+    if expires_at - now < needed:
+        return (f"expires in {expires_at - now}s; the Rod keeps invoices valid for at "
+                f"least {needed}s (asyncln-rod-min-expiry)")
+    return None
+
+
+def _choose(invoices: Sequence[Deposited], amount_msat: int,
+            now: float) -> Optional[Deposited]:
+    """The fitting invoice that expires last: exactly ``amount_msat``, else amountless.
+
+    An invoice's expiry bounds how long the payment can wait for offline B
+    (the payer caps its hold there), so the longest-lived one gives B the
+    most time to come back. Ties go to the earliest deposit.
+    """
+    usable = [i for i in invoices if i.expires_at - now >= SERVE_MARGIN_SECONDS]
+    for wanted in (amount_msat, None):
+        fits = [i for i in usable if i.amount_msat == wanted]
+        if fits:
+            return max(fits, key=lambda i: i.expires_at)  # max keeps the first of equals
+    return None
+
+
+_NO_POOLS: Mapping[str, Pool] = MappingProxyType({})
+
+
+class Rod:
+    """Every depositor's pool, and each requester's token bucket.
+
+    The buckets live in memory only: a restart refills every bucket, which
+    lets a requester at most ``fetches_per_hour`` extra requests per restart.
+    """
+
+    def __init__(self, limits: RodLimits, pools: Mapping[str, Pool] = _NO_POOLS):
+        self.limits = limits
+        self._pools: Dict[str, Pool] = {d: p for d, p in pools.items() if not p.is_empty}
+        # requester -> when its bucket is full again (GCRA): one exact number per requester
+        self._full_at: Dict[str, Fraction] = {}
+
+    # --- depositors (B) ---------------------------------------------------
+
+    def may_deposit(self, depositor: str, is_channel_peer: bool) -> None:
+        if not self.limits.allows(depositor, is_channel_peer):
+            who = {"peers": "its channel peers", "none": "nobody"}.get(
+                self.limits.depositors, "the nodes its operator listed")
+            raise _refused(f"this Rod keeps invoices only for {who}")
+
+    def deposit(self, depositor: str, is_channel_peer: bool,
+                items: Sequence[Union[Deposited, str]], now: int) -> DepositResult:
+        """Add checked invoices to the depositor's pool; no items just asks its level.
+
+        ``items`` are invoices from :func:`check_invoice`, or the reason the
+        shell refused one. Expired invoices leave first, so they hold no
+        room; then each item is judged in order, and a refused one changes
+        nothing and takes no room from those after it.
+        """
+        self.may_deposit(depositor, is_channel_peer)
+        pool = self.pool(depositor).fresh(now)
+        kept = list(pool.invoices)
+        taken = {i.payment_hash for i in kept} | set(pool.served)
+        size = pool.size_bytes
+        refused: List[str] = []
+        for item in items:
+            match item:
+                case str():
+                    refused.append(item)
+                case Deposited():
+                    problem = self._deposit_problem(item, taken, len(kept), size, now)
+                    if problem:
+                        refused.append(f"{item.payment_hash[:16]}: {problem}")
+                        continue
+                    kept.append(item)
+                    taken.add(item.payment_hash)
+                    size += len(item.bolt11)
+                case _:
+                    assert_never(item)
+        self._store(depositor, replace(pool, invoices=tuple(kept)))
+        return DepositResult(len(kept) - len(pool.invoices), tuple(refused), len(kept))
+
+    def _deposit_problem(self, item: Deposited, taken: set, count: int, size: int,
+                         now: int) -> Optional[str]:
+        limits = self.limits
+        if item.payment_hash in taken:
+            return "this payment hash is already in the pool or was already served"
+        too_soon = _too_soon(item.expires_at, now, limits)
+        if too_soon:
+            return too_soon
+        if count + 1 > limits.max_invoices:
+            return f"the pool is full (asyncln-rod-max-invoices={limits.max_invoices})"
+        if size + len(item.bolt11) > limits.max_bytes:
+            return f"the pool would exceed asyncln-rod-max-bytes={limits.max_bytes}"
+        return None
+
+    # --- requesters (A) ---------------------------------------------------
+
+    def fetch(self, requester: str, recipient: str, amount_msat: int,
+              now: float) -> Deposited:
+        """Hand out one of the recipient's invoices; it is never served again.
+
+        Every request the bucket admits costs a token, whatever the answer:
+        learning which nodes keep a pool, or whether it is empty, is then as
+        limited as taking invoices. A request the bucket refuses costs
+        nothing, so a requester that retries too fast is not locked out
+        longer. The invoice leaves the pool and its hash is remembered with
+        its requester, who alone may leave a note for it.
+        """
+        self._take_token(requester, now)
+        if isinstance(amount_msat, bool) or not isinstance(amount_msat, int) or amount_msat < 1:
+            raise AsynclnError(f"amount_msat must be a positive integer, not {amount_msat!r}",
+                               Code.BAD_PARAMETER)
+        pool = self._pools.get(recipient)
+        if pool is None:
+            raise AsynclnError("this Rod keeps no invoices for that recipient",
+                               Code.UNKNOWN_RECIPIENT)
+        invoice = _choose(pool.invoices, amount_msat, now)
+        if invoice is None:
+            raise AsynclnError(f"no unexpired invoice for {amount_msat}msat or any amount left",
+                               Code.POOL_EMPTY)
+        pool = pool.fresh(now)
+        left = tuple(i for i in pool.invoices if i.payment_hash != invoice.payment_hash)
+        served = {**pool.served, invoice.payment_hash: Served(requester, invoice.expires_at)}
+        self._store(recipient, replace(pool, invoices=left, served=served))
+        return invoice
+
+    def _take_token(self, requester: str, now: float) -> None:
+        """A token bucket of ``fetches_per_hour`` tokens that refills over an hour.
+
+        Kept as the time the bucket is full again (GCRA), in exact fractions,
+        so rounding never refuses the last request of a full burst.
+        """
+        cost = Fraction(HOUR, self.limits.fetches_per_hour)
+        now = Fraction(now)
+        full_at = max(self._full_at.get(requester, now), now)
+        if full_at + cost - now > HOUR:
+            wait = math.ceil(full_at + cost - now - HOUR)
+            raise AsynclnError(f"more than {self.limits.fetches_per_hour} invoice requests an "
+                               f"hour; retry in {wait}s", Code.RATE_LIMITED)
+        self._full_at[requester] = full_at + cost
+
+    # --- notes ------------------------------------------------------------
+
+    def store_note(self, sender: str, recipient: str, payment_hash: str, sealed: bytes) -> None:
+        """Keep a sealed note for the recipient, about an invoice served to ``sender``.
+
+        Only the payer who got the invoice may attach a note to it, one note
+        per invoice: others cannot fill B's mailbox or speak for that payment.
+        """
+        limits = self.limits
+        pool = self._pools.get(recipient, Pool())
+        served = pool.served.get(payment_hash)
+        if served is None or served.requester != sender:
+            raise AsynclnError("no invoice with this payment hash was served to you for that "
+                               "recipient", Code.NOTE_REFUSED)
+        if not 0 < len(sealed) <= limits.max_note_bytes:
+            raise AsynclnError(f"a note must be 1 to {limits.max_note_bytes} bytes, not "
+                               f"{len(sealed)}", Code.NOTE_REFUSED)
+        if payment_hash in pool.notes:
+            raise AsynclnError("a note for this payment is already waiting", Code.NOTE_REFUSED)
+        if len(pool.notes) >= limits.max_notes:
+            raise AsynclnError(f"{limits.max_notes} notes already wait for that recipient",
+                               Code.NOTE_REFUSED)
+        self._store(recipient, replace(pool, notes={**pool.notes, payment_hash: sealed.hex()}))
+
+    def notes_for(self, recipient: str) -> List[Tuple[str, bytes]]:
+        """(payment_hash, sealed) of every note waiting for the recipient, oldest first."""
+        return [(h, bytes.fromhex(note)) for h, note in self.pool(recipient).notes.items()]
+
+    def note_delivered(self, recipient: str, payment_hash: str) -> bool:
+        """The recipient took the note: forget it. True if one was waiting."""
+        pool = self.pool(recipient)
+        if payment_hash not in pool.notes:
+            return False
+        self._store(recipient, replace(
+            pool, notes={h: n for h, n in pool.notes.items() if h != payment_hash}))
+        return True
+
+    # --- upkeep -----------------------------------------------------------
+
+    def prune(self, now: int) -> List[str]:
+        """Drop what expired; returns the depositors whose pool changed, sorted.
+
+        Also forgets the buckets that are full again: absent and full are
+        the same, so memory stays bounded by the last hour's requesters.
+        """
+        changed = []
+        for depositor, pool in sorted(self._pools.items()):
+            fresh = pool.fresh(now)
+            if fresh != pool:
+                self._store(depositor, fresh)
+                changed.append(depositor)
+        self._full_at = {r: full_at for r, full_at in self._full_at.items() if full_at > now}
+        return changed
+
+    def pool(self, depositor: str) -> Pool:
+        """What to persist for the depositor; empty when nothing is kept (delete the record)."""
+        return self._pools.get(depositor, Pool())
+
+    def level(self, depositor: str) -> int:
+        return len(self.pool(depositor).invoices)
+
+    def depositors(self) -> List[str]:
+        return sorted(self._pools)
+
+    def _store(self, depositor: str, pool: Pool) -> None:
+        if pool.is_empty:
+            self._pools.pop(depositor, None)
+        else:
+            self._pools[depositor] = pool

@@ -1,0 +1,375 @@
+"""The shell for presigned invoices: the Rod (R), its depositor (B) and the fetching payer (A).
+
+The decisions live in pure cores (rod.Rod, recipient, payer.check_fetched,
+code, note); this module only talks to lightningd and to peers. R's work
+runs on the Node's worker thread. A's requests (fetch, pay by code, cancel)
+wait for a peer's answer, so plugin.py runs each on its own thread, and
+the custommsg hook only drops the answer into the waiting slot.
+"""
+
+import os
+import queue
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+from pyln.client import RpcError
+
+from . import code as codes
+from . import messages, note, payer, recipient, rod
+from .errors import AsynclnError, Code
+from .lightningd import rpc_message
+from .recipient import RecipientConfig
+
+ANSWER_SECONDS = 30   # longest wait for a Rod's or trampoline's answer
+INVOICE_LABEL = "asyncln-rod-"
+
+
+class RodShell:
+    def __init__(self, node, limits: rod.RodLimits, config: RecipientConfig):
+        self.node = node
+        self.config = config
+        self.my_rods = {r.node_id: r for r in config.rods}
+        self.rod = rod.Rod(limits, node._load("rod", rod.Pool.from_json))
+        self.levels: Dict[str, messages.PoolStatus] = {}  # my Rod -> its last pool_status
+        self.asked_at: Dict[str, int] = {}                # my Rod -> height we last asked
+        self._slots: Dict[Tuple, Tuple[str, queue.Queue]] = {}  # what we wait for -> (peer, slot)
+        self._slots_lock = threading.Lock()
+        self._note_secret: Optional[str] = None
+
+    # --- messages (hook thread: no I/O here, hand work to the worker) -----------
+
+    def on_message(self, peer: str, msg) -> None:
+        match msg:
+            case messages.Deposit():
+                self.node.submit(lambda: self.take_deposit(peer, msg))
+            case messages.PoolStatus():
+                if peer in self.my_rods:
+                    self.node.submit(lambda: self.top_up(peer, msg))
+            case messages.InvoiceRequest():
+                self.node.submit(lambda: self.serve(peer, msg))
+            case messages.InvoiceResponse():
+                self._answered(("invoice", msg.request_id), peer, msg)
+            case messages.Note() if msg.recipient == self.node.node_id:
+                if peer in self.my_rods:
+                    self.node.submit(lambda: self.receive_note(peer, msg))
+            case messages.Note():
+                self.node.submit(lambda: self.keep_note(peer, msg))
+            case messages.NoteAck():
+                self.node.submit(lambda: self.note_acked(peer, msg.payment_hash))
+            case messages.CancelRequest():
+                self.node.submit(lambda: self.node.payer_cancelled(peer, msg.payment_hash))
+            case messages.CancelAnswer():
+                self._answered(("cancel", msg.payment_hash), peer, msg)
+
+    def peer_connected(self, peer: str) -> None:
+        """Worker: a depositor gets its notes; one of my Rods is asked for its pool level."""
+        if self.rod.notes_for(peer):
+            self.deliver_notes(peer)
+        if peer in self.my_rods:
+            self.query(peer)
+
+    def query(self, my_rod: str) -> None:
+        """An empty deposit asks a Rod for our pool level; its answer drives the top-up."""
+        self.asked_at[my_rod] = self.node.relay.height
+        self.node.send(my_rod, messages.Deposit(()))
+
+    def on_block(self, height: int) -> None:
+        """Worker: prune as a Rod; as a recipient, ask Rods whose pool is not full."""
+        self.prune()
+        due = [r for r in self.my_rods if recipient.wants_query(
+            self.levels.get(r), self.asked_at.get(r), height, self.config.pool,
+            self.node.relay.policy.poll_blocks)]
+        if due:
+            connected = self.node.connected_peers()
+            for my_rod in due:
+                if my_rod in connected:
+                    self.query(my_rod)
+
+    # --- R: the Rod --------------------------------------------------------------
+
+    def take_deposit(self, depositor: str, msg: messages.Deposit) -> None:
+        is_peer = bool(self.node.rpc.call("listpeerchannels", {"id": depositor})["channels"])
+        limits = self.rod.limits
+        now = int(time.time())
+        try:
+            with self.node.lock:
+                self.rod.may_deposit(depositor, is_peer)
+        except AsynclnError as e:
+            self.node.log(f"refusing a deposit from {depositor}: {e}", level="info")
+            self.node.send(depositor, messages.PoolStatus(0, 0, 0, limits.min_expiry_seconds,
+                                                          (str(e),)))
+            return
+        items: List = []
+        for bolt11 in msg.invoices:
+            try:
+                decoded = self.node.rpc.call("decode", {"string": bolt11})
+                items.append(rod.check_invoice(depositor, decoded, bolt11, now, limits))
+            except RpcError as e:
+                items.append(f"cannot decode: {rpc_message(e)}")
+            except AsynclnError as e:
+                items.append(str(e))
+        with self.node.lock:
+            result = self.rod.deposit(depositor, is_peer, items, now)
+            pool = self.rod.pool(depositor)
+        if result.accepted:
+            self.node.store.put("rod", depositor, pool.to_json())
+        if result.refused:
+            self.node.log(f"deposit from {depositor}: refused {list(result.refused)}", level="info")
+        self.node.send(depositor, messages.PoolStatus(result.level, result.accepted,
+                                                      limits.max_invoices,
+                                                      limits.min_expiry_seconds, result.refused))
+
+    def serve(self, requester: str, request: messages.InvoiceRequest) -> None:
+        """Hand out one invoice at most once: it leaves the pool on disk before it is sent."""
+        try:
+            with self.node.lock:
+                invoice = self.rod.fetch(requester, request.recipient, request.amount_msat,
+                                         time.time())
+                pool = self.rod.pool(request.recipient)
+        except AsynclnError as e:
+            self.node.log(f"invoice request from {requester} for {request.recipient}: {e}",
+                          level="info")
+            answer = messages.InvoiceResponse(request.request_id, error_code=int(e.code),
+                                              error=str(e))
+        else:
+            self.node.store.put("rod", request.recipient, pool.to_json())
+            self.node.log(f"served invoice {invoice.payment_hash} of {request.recipient} "
+                          f"to {requester}")
+            answer = messages.InvoiceResponse(request.request_id, bolt11=invoice.bolt11)
+        self.node.send(requester, answer)
+
+    def keep_note(self, sender: str, msg: messages.Note) -> None:
+        try:
+            with self.node.lock:
+                self.rod.store_note(sender, msg.recipient, msg.payment_hash,
+                                    bytes.fromhex(msg.sealed))
+                pool = self.rod.pool(msg.recipient)
+        except AsynclnError as e:
+            self.node.log(f"refusing a note from {sender}: {e}", level="info")
+            return
+        self.node.store.put("rod", msg.recipient, pool.to_json())
+        if msg.recipient in self.node.connected_peers():
+            self.deliver_notes(msg.recipient)
+
+    def deliver_notes(self, depositor: str) -> None:
+        with self.node.lock:
+            waiting = self.rod.notes_for(depositor)
+        for payment_hash, sealed in waiting:
+            self.node.send(depositor, messages.Note(depositor, payment_hash, sealed.hex()))
+
+    def note_acked(self, depositor: str, payment_hash: str) -> None:
+        with self.node.lock:
+            removed = self.rod.note_delivered(depositor, payment_hash)
+            pool = self.rod.pool(depositor)
+        if removed:
+            self.node.store.put("rod", depositor, pool.to_json())
+
+    def prune(self) -> None:
+        """Every block: expired invoices and served hashes whose invoice expired go."""
+        with self.node.lock:
+            changed = self.rod.prune(int(time.time()))
+            pools = {d: self.rod.pool(d) for d in changed}
+        for depositor, pool in pools.items():
+            self.node.store.put("rod", depositor, pool.to_json())
+
+    # --- B: the recipient ----------------------------------------------------------
+
+    def top_up(self, my_rod: str, status: messages.PoolStatus) -> None:
+        self.levels[my_rod] = status
+        if status.refused:
+            self.node.log(f"Rod {my_rod} refused {len(status.refused)} invoices: "
+                          f"{list(status.refused)[:3]}", level="warn")
+        count = recipient.invoices_needed(self.config.pool, status, messages.MAX_DEPOSIT_BATCH)
+        if count:
+            self.deposit(my_rod, None, count)
+
+    def deposit(self, my_rod: str, amount_msat: Optional[int], count: int) -> int:
+        """Make ``count`` invoices (amountless without ``amount_msat``) and send them to a Rod."""
+        invoices = tuple(self.node.rpc.call("invoice", {
+            "amount_msat": "any" if amount_msat is None else amount_msat,
+            "label": INVOICE_LABEL + os.urandom(8).hex(),
+            "description": "asyncln: paid while the recipient was offline",
+            "expiry": self.config.invoice_expiry})["bolt11"] for _ in range(count))
+        if not self.node.send(my_rod, messages.Deposit(invoices)):
+            raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
+        self.node.log(f"deposited {count} invoices at Rod {my_rod}")
+        return count
+
+    def note_secret(self) -> str:
+        if self._note_secret is None:
+            self._note_secret = self.node.rpc.call(
+                "makesecret", {"string": note.NOTE_KEY_LABEL})["secret"]
+        return self._note_secret
+
+    def receive_note(self, my_rod: str, msg: messages.Note) -> None:
+        """Store what opens; acknowledge either way, so that the Rod drops a bad note too."""
+        try:
+            text = note.open_note(bytes.fromhex(msg.sealed), self.note_secret(), msg.payment_hash)
+        except note.NoteError as e:
+            self.node.log(f"refusing the note for {msg.payment_hash} from Rod {my_rod}: {e}",
+                          level="warn")
+        else:
+            self.node.store.put("note", msg.payment_hash, {
+                "payment_hash": msg.payment_hash, "note": text, "rod": my_rod,
+                "received_at": int(time.time())})
+            self.node.log(f"note received for payment {msg.payment_hash}")
+        self.node.send(my_rod, messages.NoteAck(msg.payment_hash))
+
+    def listnotes(self) -> dict:
+        notes = sorted(self.node.store.load("note").values(), key=lambda n: n["received_at"])
+        for entry in notes:
+            found = self.node.rpc.call("listinvoices",
+                                       {"payment_hash": entry["payment_hash"]})["invoices"]
+            entry["invoice_status"] = found[0]["status"] if found else "unknown"
+        return {"notes": notes}
+
+    def code(self) -> dict:
+        if not self.my_rods:
+            raise AsynclnError("no Rod configured: set asyncln-rod=<node id>[@host:port]",
+                               Code.BAD_PARAMETER)
+        rods = tuple(r if r.addresses else codes.Rod(r.node_id, self._announced(r.node_id))
+                     for r in self.config.rods)
+        unsigned = codes.PaymentCode(self.node.node_id, rods,
+                                     note.note_public_key(self.note_secret()))
+        signature = self.node.rpc.call("signmessage",
+                                       {"message": unsigned.signed_message()})["zbase"]
+        try:
+            text = codes.PaymentCode(unsigned.node_id, rods, unsigned.note_key, signature).encode()
+        except ValueError as e:
+            raise AsynclnError(f"cannot make a payment code from asyncln-rod: {e}",
+                               Code.BAD_PARAMETER)
+        return {"code": text,
+                "node_id": self.node.node_id, "note_key": unsigned.note_key,
+                "rods": [{"id": r.node_id, "addresses": list(r.addresses)} for r in rods]}
+
+    def _announced(self, node_id: str) -> Tuple[str, ...]:
+        nodes = self.node.rpc.call("listnodes", {"id": node_id})["nodes"]
+        return tuple(f"{a['address']}:{a['port']}" for n in nodes for a in n.get("addresses", [])
+                     if a.get("type") in ("ipv4", "ipv6", "dns", "torv3"))
+
+    def rods_json(self) -> list:
+        return [{"id": r, "level": s.level, "max_invoices": s.max_invoices}
+                for r, s in sorted(self.levels.items())]
+
+    def depositors_json(self) -> list:
+        """As a Rod: what each depositor has here."""
+        with self.node.lock:
+            return [{"id": d, "level": self.rod.level(d), "notes": len(self.rod.notes_for(d))}
+                    for d in self.rod.depositors()]
+
+    # --- A: the payer ------------------------------------------------------------
+
+    def fetch(self, code_text: str, amount_msat: int, note_text: Optional[str]) -> dict:
+        """Runs on its own thread: asks the code's Rods in turn for one invoice."""
+        paycode = self.verified(code_text)
+        if note_text is not None:  # refuse a bad note before a Rod hands out an invoice
+            sealed_note(note_text, paycode.note_key, "00" * 32)
+        errors = []
+        for my_rod in paycode.rods:
+            try:
+                bolt11 = self._ask_rod(my_rod, paycode.node_id, amount_msat)
+            except AsynclnError as e:
+                if e.code != Code.NO_ANSWER:
+                    raise
+                errors.append(str(e))
+                continue
+            invoice = self._check(bolt11, paycode.node_id, amount_msat)
+            out = {"bolt11": bolt11, "payment_hash": invoice.payment_hash,
+                   "amount_msat": invoice.amount_msat, "recipient": paycode.node_id,
+                   "rod": my_rod.node_id, "note_sent": False}
+            if note_text is not None:
+                sealed = sealed_note(note_text, paycode.note_key, invoice.payment_hash)
+                out["note_sent"] = self.node.send(my_rod.node_id, messages.Note(
+                    paycode.node_id, invoice.payment_hash, sealed.hex()))
+            return out
+        raise AsynclnError(f"no Rod answered: {'; '.join(errors)}", Code.NO_ANSWER)
+
+    def verified(self, code_text: str) -> codes.PaymentCode:
+        try:
+            paycode = codes.PaymentCode.decode(code_text)
+        except ValueError as e:
+            raise AsynclnError(f"not a payment code: {e}", Code.BAD_CODE)
+        try:
+            checked = self.node.rpc.call("checkmessage", {
+                "message": paycode.signed_message(), "zbase": paycode.signature,
+                "pubkey": paycode.node_id})
+        except RpcError as e:
+            raise AsynclnError(f"the code's signature is unreadable: {rpc_message(e)}",
+                               Code.BAD_CODE)
+        if not checked.get("verified"):
+            raise AsynclnError("the code is not signed by the node it names", Code.BAD_CODE)
+        return paycode
+
+    def _ask_rod(self, my_rod: codes.Rod, recipient_id: str, amount_msat: int) -> str:
+        self.reach(my_rod)
+        request_id = os.urandom(8).hex()
+        answer = self.ask(my_rod.node_id, ("invoice", request_id), messages.InvoiceRequest(
+            request_id, recipient_id, amount_msat))
+        if answer.error_code is not None:
+            known = answer.error_code in {int(c) for c in Code}
+            raise AsynclnError(f"the Rod refused: {answer.error}",
+                               Code(answer.error_code) if known else Code.NO_ANSWER)
+        return answer.bolt11
+
+    def reach(self, my_rod: codes.Rod) -> None:
+        """Connect to a Rod that is not our peer, by the code's addresses, then by gossip."""
+        if my_rod.node_id in self.node.connected_peers():
+            return
+        errors = []
+        for target in [f"{my_rod.node_id}@{a}" for a in my_rod.addresses] + [my_rod.node_id]:
+            try:
+                self.node.rpc.call("connect", {"id": target})
+                return
+            except RpcError as e:
+                errors.append(rpc_message(e))
+        raise AsynclnError(f"cannot reach the Rod {my_rod.node_id}: {errors[-1]}", Code.NO_ANSWER)
+
+    def _check(self, bolt11: str, recipient_id: str, amount_msat: int) -> payer.Invoice:
+        try:
+            decoded = self.node.rpc.call("decode", {"string": bolt11})
+        except RpcError as e:
+            raise AsynclnError(f"the Rod's invoice does not decode: {rpc_message(e)}",
+                               Code.INVOICE_MISMATCH)
+        with self.node.lock:
+            used = set(self.node.pays) | self.node.fetched
+        if self.node.rpc.call("listsendpays", {"payment_hash": decoded.get("payment_hash", "")}
+                              )["payments"]:
+            used.add(decoded["payment_hash"])
+        invoice = payer.check_fetched(decoded, recipient_id, amount_msat, int(time.time()),
+                                      bolt11, used)
+        self.node.remember_fetched(invoice.payment_hash)
+        return invoice
+
+    def ask(self, peer: str, key: Tuple, msg) -> object:
+        """Send ``msg`` and wait for the answer filed under ``key`` from that same peer."""
+        slot: queue.Queue = queue.Queue(1)
+        with self._slots_lock:
+            self._slots[key] = (peer, slot)
+        try:
+            if not self.node.send(peer, msg):
+                raise AsynclnError(f"cannot send to {peer}", Code.NO_ANSWER)
+            return slot.get(timeout=ANSWER_SECONDS)
+        except queue.Empty:
+            raise AsynclnError(f"{peer} did not answer within {ANSWER_SECONDS}s", Code.NO_ANSWER)
+        finally:
+            with self._slots_lock:
+                self._slots.pop(key, None)
+
+    def _answered(self, key: Tuple, peer: str, answer) -> None:
+        with self._slots_lock:
+            waiting = self._slots.get(key)
+        if waiting is None or waiting[0] != peer:
+            self.node.log(f"ignoring an unasked-for answer from {peer}", level="info")
+            return
+        try:
+            waiting[1].put_nowait(answer)
+        except queue.Full:
+            pass  # a duplicate answer
+
+
+def sealed_note(text: str, note_key: str, payment_hash: str) -> bytes:
+    try:
+        return note.seal(text, note_key, payment_hash)
+    except note.NoteError as e:
+        raise AsynclnError(f"cannot send this note: {e}", Code.NOTE_REFUSED)
