@@ -138,6 +138,7 @@ class CancelAnswer:
     payment_hash: str
     accepted: bool
     reason: str = ""
+    error_code: Optional[int] = None  # why not, as an asyncln error code (asyncln/errors.py)
 
 
 # An INFO message carries the sender's whole Policy.
@@ -333,6 +334,8 @@ _SPECS = {spec.msg_type: spec for spec in (
         _Field(1, "reason", _REASON, ""),
         _Field(2, "payment_hash", _HASH),
         _Field(4, "accepted", _code({0: False, 1: True})),
+        # Odd: the reason says the same in words.
+        _Field(5, "error_code", _tu(2), None),
     )),
 )}
 _SPEC_OF_CLASS = {spec.cls: spec for spec in _SPECS.values()}

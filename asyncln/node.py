@@ -32,7 +32,7 @@ from .lightningd import (
 from .policy import Policy
 from .recipient import RecipientConfig
 from .record import find_record
-from .rod_shell import RodShell
+from .rod_shell import RodShell, peer_code
 from .code import CODE_PREFIX
 from .states import PAY_OPEN, HoldState, PayState
 from .store import Store
@@ -497,7 +497,7 @@ class Node:
                 actions = self.relay.payer_cancel(payment_hash, peer)
         except AsynclnError as e:
             self.log(f"refusing {peer}'s cancel of {payment_hash}: {e}", level="info")
-            self.send(peer, messages.CancelAnswer(payment_hash, False, str(e)))
+            self.send(peer, messages.CancelAnswer(payment_hash, False, str(e), int(e.code)))
             return
         self.log(f"payer {peer} cancelled {payment_hash}")
         self.send(peer, messages.CancelAnswer(payment_hash, True, hold.CANCELLED_BY_PAYER))
@@ -714,8 +714,7 @@ class Node:
                                messages.CancelRequest(pay.payment_hash))
         if not answer.accepted:
             raise AsynclnError(f"the holding node refused: {answer.reason}",
-                               Code.ATTEMPT_IN_FLIGHT if "in flight" in answer.reason
-                               else Code.ALREADY_RESOLVED)
+                               peer_code(answer.error_code))
         with self.lock:
             current = self.pays[pay.payment_hash]
             updated = payer.cancelled(current)

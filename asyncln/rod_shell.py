@@ -307,9 +307,7 @@ class RodShell:
         answer = self.ask(my_rod.node_id, ("invoice", request_id), messages.InvoiceRequest(
             request_id, recipient_id, amount_msat))
         if answer.error_code is not None:
-            known = answer.error_code in {int(c) for c in Code}
-            raise AsynclnError(f"the Rod refused: {answer.error}",
-                               Code(answer.error_code) if known else Code.NO_ANSWER)
+            raise AsynclnError(f"the Rod refused: {answer.error}", peer_code(answer.error_code))
         return answer.bolt11
 
     def reach(self, my_rod: codes.Rod) -> None:
@@ -366,6 +364,11 @@ class RodShell:
             waiting[1].put_nowait(answer)
         except queue.Full:
             pass  # a duplicate answer
+
+
+def peer_code(number: Optional[int]) -> Code:
+    """A peer's refusal keeps its asyncln code; one we do not know becomes NO_ANSWER."""
+    return Code(number) if number in {int(c) for c in Code} else Code.NO_ANSWER
 
 
 def sealed_note(text: str, note_key: str, payment_hash: str) -> bytes:
