@@ -35,11 +35,13 @@ bench: setup
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_core.py
 
-# The scenario of issue 2 on a local regtest: A pays offline B through S.
+# On a local regtest: A pays offline B through S; then B, offline from the
+# start, is paid through its Rod R with an invoice it deposited there.
 demo: setup
 	@for bin in lightningd bitcoind; do command -v $$bin >/dev/null || \
 	  echo "demo: $$bin is not on PATH, so the regtest demo cannot run (see README, 'Integration tests')"; done
-	$(PY) -m pytest -s -q -rs tests/integration/test_scenario.py -k offline_recipient_is_paid
+	$(PY) -m pytest -s -q -rs tests/integration/test_scenario.py tests/integration/test_rod.py \
+	  -k "offline_recipient_is_paid or private_recipient_paid_through_its_rod"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -18,12 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pyln.client import Plugin, RpcException  # noqa: E402
 from pyln.client.plugin import RequestState  # noqa: E402
 
-from asyncln import __version__, failures, messages, rod  # noqa: E402
+from asyncln import __version__, failures, messages, recipient, rod  # noqa: E402
 from asyncln.errors import AsynclnError  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
 from asyncln.node import CONTINUE, Node, carries_record  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
-from asyncln.recipient import RecipientConfig  # noqa: E402
 from asyncln.states import PAY_OPEN  # noqa: E402
 
 FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
@@ -43,6 +42,8 @@ OPTION_HELP = {
     "asyncln-rod-min-expiry": "As a Rod: least seconds a deposited invoice must stay valid",
     "asyncln-rod-fetches-per-hour": "As a Rod: most invoice requests per requester per hour",
     "asyncln-rod-max-notes": "As a Rod: most notes waiting for one recipient",
+    "asyncln-rod-pool": "Presigned invoices to keep deposited at each of my Rods",
+    "asyncln-rod-invoice-expiry": "Seconds each presigned invoice I deposit stays valid",
 }
 
 # lightningd only lets non-dynamic plugins set feature bits: load asyncln at startup.
@@ -56,13 +57,11 @@ for _name, (_field, _) in rod.OPTIONS.items():
     plugin.add_option(_name, getattr(_LIMITS, _field), OPTION_HELP[_name], opt_type="int")
 plugin.add_option(rod.DEPOSITORS_OPTION, _LIMITS.depositors,
                   "As a Rod: who may deposit: peers, any, none, or comma-separated node ids")
-_RECIPIENT = RecipientConfig()
+_RECIPIENT = recipient.RecipientConfig()
 plugin.add_option("asyncln-rod", "", "My Rods, which serve my invoices while I am offline: "
                   "comma-separated node_id[@host:port]")
-plugin.add_option("asyncln-rod-pool", _RECIPIENT.pool,
-                  "Presigned invoices to keep deposited at each Rod", opt_type="int")
-plugin.add_option("asyncln-rod-invoice-expiry", _RECIPIENT.invoice_expiry,
-                  "Seconds each presigned invoice stays valid", opt_type="int")
+for _name, (_field, _) in recipient.OPTIONS.items():
+    plugin.add_option(_name, getattr(_RECIPIENT, _field), OPTION_HELP[_name], opt_type="int")
 
 NODE: Node = None
 
@@ -72,11 +71,12 @@ def init(options, configuration, plugin, **kwargs):
     global NODE
     try:
         policy, refused = Policy.from_options(options), None
-        limits, recipient = rod.RodLimits.from_options(options), RecipientConfig.from_options(options)
+        limits = rod.RodLimits.from_options(options)
+        config = recipient.RecipientConfig.from_options(options)
     except ValueError as e:
-        policy, limits, recipient, refused = DEFAULTS, _LIMITS, _RECIPIENT, str(e)
+        policy, limits, config, refused = DEFAULTS, _LIMITS, _RECIPIENT, str(e)
     node = Node(plugin.rpc, plugin.log, policy, refused, os.path.abspath(__file__),
-                limits, recipient)
+                limits, config)
     if refused and not node.has_open_records():
         return {"disable": refused}
     if refused:

@@ -41,21 +41,27 @@ class Policy:
     @classmethod
     def from_options(cls, options: Mapping) -> "Policy":
         """Parse lightningd's option values; ValueError names the first bad one."""
-        values = {"relay": _bool(options.get("asyncln-relay", True))}
-        for name, (field, least) in OPTIONS.items():
-            if name not in options:
-                continue
-            try:
-                value = int(options[name])
-            except (TypeError, ValueError):
-                raise ValueError(f"{name} must be an integer, not {options[name]!r}")
-            if value < least:
-                raise ValueError(f"{name} must be at least {least}")
-            values[field] = value
-        return cls(**values)
+        return cls(relay=_bool(options.get("asyncln-relay", True)),
+                   **int_options(options, OPTIONS))
 
     def as_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def int_options(options: Mapping, table: Mapping[str, tuple]) -> dict:
+    """{field: value} for the integer options given, from a table name -> (field, least)."""
+    values = {}
+    for name, (field, least) in table.items():
+        if name not in options:
+            continue
+        try:
+            value = int(options[name])
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer, not {options[name]!r}")
+        if value < least:
+            raise ValueError(f"{name} must be at least {least}")
+        values[field] = value
+    return values
 
 
 def _bool(value) -> bool:

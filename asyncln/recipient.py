@@ -8,11 +8,13 @@ from typing import Mapping, Optional, Tuple
 
 from .code import Rod
 from .messages import PoolStatus
+from .policy import int_options
 from .wire import is_point
 
 # Options of a recipient (B). Rod-side limits live in rod.RodLimits.
 DEFAULT_POOL = 20
 DEFAULT_INVOICE_EXPIRY = 7 * 24 * 3600  # a week: as long as a payment may be held
+OPTIONS = {"asyncln-rod-pool": ("pool", 0), "asyncln-rod-invoice-expiry": ("invoice_expiry", 1)}
 
 
 @dataclass(frozen=True)
@@ -24,18 +26,8 @@ class RecipientConfig:
     @classmethod
     def from_options(cls, options: Mapping) -> "RecipientConfig":
         """ValueError names the bad option."""
-        rods = parse_rods(options.get("asyncln-rod") or "")
-        values = {}
-        for name, field in (("asyncln-rod-pool", "pool"),
-                            ("asyncln-rod-invoice-expiry", "invoice_expiry")):
-            if name in options:
-                try:
-                    values[field] = int(options[name])
-                except (TypeError, ValueError):
-                    raise ValueError(f"{name} must be an integer, not {options[name]!r}")
-                if values[field] < 0 or (field == "invoice_expiry" and values[field] < 1):
-                    raise ValueError(f"{name} is out of range")
-        return cls(rods=rods, **values)
+        return cls(rods=parse_rods(options.get("asyncln-rod") or ""),
+                   **int_options(options, OPTIONS))
 
 
 def parse_rods(text: str) -> Tuple[Rod, ...]:

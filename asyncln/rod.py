@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union, assert
 
 from .errors import AsynclnError, Code
 from .lightningd import msat
+from .policy import int_options
 
 # A served invoice must leave the payer time to pay it: never serve one with less left.
 SERVE_MARGIN_SECONDS = 600
@@ -68,17 +69,7 @@ class RodLimits:
     @classmethod
     def from_options(cls, options: Mapping) -> "RodLimits":
         """Parse lightningd's option values; ValueError names the first bad one."""
-        values = {}
-        for name, (field_name, least) in OPTIONS.items():
-            if name not in options:
-                continue
-            try:
-                value = int(options[name])
-            except (TypeError, ValueError):
-                raise ValueError(f"{name} must be an integer, not {options[name]!r}")
-            if value < least:
-                raise ValueError(f"{name} must be at least {least}")
-            values[field_name] = value
+        values = int_options(options, OPTIONS)
         if DEPOSITORS_OPTION in options:
             values["depositors"] = _depositors(options[DEPOSITORS_OPTION])
         return cls(**values)
