@@ -113,7 +113,7 @@ class RodShell:
             result = self.rod.deposit(depositor, is_peer, items, now)
             pool = self.rod.pool(depositor)
         if result.accepted:
-            self.node.store.put("rod", depositor, pool.to_json())
+            self.save_pool(depositor, pool)
         if result.refused:
             self.node.log(f"deposit from {depositor}: refused {list(result.refused)}", level="info")
         self.node.send(depositor, messages.PoolStatus(result.level, result.accepted,
@@ -133,7 +133,7 @@ class RodShell:
             answer = messages.InvoiceResponse(request.request_id, error_code=int(e.code),
                                               error=str(e))
         else:
-            self.node.store.put("rod", request.recipient, pool.to_json())
+            self.save_pool(request.recipient, pool)
             self.node.log(f"served invoice {invoice.payment_hash} of {request.recipient} "
                           f"to {requester}")
             answer = messages.InvoiceResponse(request.request_id, bolt11=invoice.bolt11)
@@ -148,7 +148,7 @@ class RodShell:
         except AsynclnError as e:
             self.node.log(f"refusing a note from {sender}: {e}", level="info")
             return
-        self.node.store.put("rod", msg.recipient, pool.to_json())
+        self.save_pool(msg.recipient, pool)
         if msg.recipient in self.node.connected_peers():
             self.deliver_notes(msg.recipient)
 
@@ -163,6 +163,13 @@ class RodShell:
             removed = self.rod.note_delivered(depositor, payment_hash)
             pool = self.rod.pool(depositor)
         if removed:
+            self.save_pool(depositor, pool)
+
+    def save_pool(self, depositor: str, pool: rod.Pool) -> None:
+        """The datastore follows the core: an empty pool's record goes."""
+        if pool.is_empty:
+            self.node.store.delete("rod", depositor)
+        else:
             self.node.store.put("rod", depositor, pool.to_json())
 
     def prune(self) -> None:
@@ -171,7 +178,7 @@ class RodShell:
             changed = self.rod.prune(int(time.time()))
             pools = {d: self.rod.pool(d) for d in changed}
         for depositor, pool in pools.items():
-            self.node.store.put("rod", depositor, pool.to_json())
+            self.save_pool(depositor, pool)
 
     # --- B: the recipient ----------------------------------------------------------
 

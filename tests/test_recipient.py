@@ -1,0 +1,288 @@
+"""The often-offline recipient's pure side: its Rods, how many invoices to deposit, when to ask.
+
+Unit tests pin the parsing and the arithmetic; properties drive a simulated
+B <-> R top-up loop with a real :class:`asyncln.rod.Rod`, so the recipient's
+rules are checked against what the Rod actually answers.
+"""
+
+import hashlib
+import itertools
+
+import pytest
+from factories import node_id
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asyncln import rod
+from asyncln.code import Rod
+from asyncln.messages import MAX_DEPOSIT_BATCH, PoolStatus
+from asyncln.recipient import (
+    DEFAULT_INVOICE_EXPIRY,
+    DEFAULT_POOL,
+    RecipientConfig,
+    invoices_needed,
+    parse_rods,
+    wants_query,
+)
+
+R1, R2, R3, B = (node_id(n) for n in range(31, 35))
+NOW = 1_700_000_000
+DAY = 86_400
+
+
+def status(level=0, max_invoices=50, refused=(), accepted=0, min_expiry=DAY) -> PoolStatus:
+    return PoolStatus(level, accepted, max_invoices, min_expiry, tuple(refused))
+
+
+# --- parse_rods ------------------------------------------------------------------------------
+
+def test_parse_rods_reads_ids_and_addresses_in_order():
+    rods = parse_rods(f"{R2}@rod.example:9735, {R1} ,{R3}@[2001:db8::1]:9736")
+    assert rods == (Rod(R2, ("rod.example:9735",)), Rod(R1, ()),
+                    Rod(R3, ("[2001:db8::1]:9736",)))
+
+
+@pytest.mark.parametrize("text", ["", "  ", ",", " , ,, "])
+def test_no_rods_is_an_empty_tuple(text):
+    assert parse_rods(text) == ()
+
+
+@pytest.mark.parametrize("text", [
+    f"{R1},{R1}",
+    f"{R1}@a:1,{R1}@b:2",          # the same Rod with two addresses is still named twice
+    f"{R1}, {R2} ,{R1}",
+])
+def test_a_rod_named_twice_is_refused(text):
+    with pytest.raises(ValueError, match=f"asyncln-rod: {R1} is named twice"):
+        parse_rods(text)
+
+
+@pytest.mark.parametrize("bad", [
+    "02" + "zz" * 32,               # not hex
+    R1[:-2],                        # 32 bytes
+    R1 + "00",                      # 34 bytes
+    "04" + R1[2:],                  # not a compressed key
+    "02" + "00" * 32,               # not on the curve
+    "@host:9735",                   # no id at all
+    "rod.example:9735",             # an address where the id belongs
+])
+def test_a_bad_id_is_refused_and_named(bad):
+    with pytest.raises(ValueError, match=r"asyncln-rod: .* is not a node id"):
+        parse_rods(f"{R1},{bad}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "parse_rods keeps the id exactly as typed once bytes.fromhex accepts it: upper case or "
+    "stray spaces (bytes.fromhex skips whitespace) give a Rod id that never equals the "
+    "lower-case peer id lightningd reports, so PoolStatus from that Rod is ignored and "
+    "asyncln-deposit sends to a non-existent peer. It should normalise or refuse."))
+@pytest.mark.parametrize("text", [R1.upper(), f"{R1} @rod.example:9735", f"{R1[:2]} {R1[2:]}"])
+def test_a_rod_id_is_kept_as_lightningd_names_peers(text):
+    try:
+        rods = parse_rods(text)
+    except ValueError:
+        return  # refusing it is fine too
+    assert rods[0].node_id == R1
+
+
+# --- RecipientConfig ---------------------------------------------------------------------------
+
+def test_from_options_defaults():
+    assert RecipientConfig.from_options({}) == RecipientConfig()
+    assert RecipientConfig() == RecipientConfig((), DEFAULT_POOL, DEFAULT_INVOICE_EXPIRY)
+    assert RecipientConfig.from_options({"asyncln-rod": None}).rods == ()
+    assert RecipientConfig.from_options({"asyncln-rod": ""}).rods == ()
+
+
+def test_from_options_reads_every_option():
+    config = RecipientConfig.from_options({
+        "asyncln-rod": f"{R1}@h:1,{R2}", "asyncln-rod-pool": "5",
+        "asyncln-rod-invoice-expiry": 3600})
+    assert config == RecipientConfig((Rod(R1, ("h:1",)), Rod(R2, ())), 5, 3600)
+    assert RecipientConfig.from_options({"asyncln-rod-pool": 0}).pool == 0  # deposit nothing
+    assert RecipientConfig.from_options({"asyncln-rod-invoice-expiry": 1}).invoice_expiry == 1
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"asyncln-rod-pool": "many"}, "asyncln-rod-pool must be an integer"),
+    ({"asyncln-rod-pool": None}, "asyncln-rod-pool must be an integer"),
+    ({"asyncln-rod-pool": -1}, "asyncln-rod-pool must be at least 0"),
+    ({"asyncln-rod-invoice-expiry": 0}, "asyncln-rod-invoice-expiry must be at least 1"),
+    ({"asyncln-rod-invoice-expiry": -5}, "asyncln-rod-invoice-expiry must be at least 1"),
+    ({"asyncln-rod-invoice-expiry": "1.5"}, "asyncln-rod-invoice-expiry must be an integer"),
+    ({"asyncln-rod": "nonsense"}, "asyncln-rod: 'nonsense' is not a node id"),
+    ({"asyncln-rod": f"{R1},{R1}"}, "is named twice"),
+])
+def test_from_options_names_the_bad_option(options, named):
+    with pytest.raises(ValueError, match=named):
+        RecipientConfig.from_options(options)
+
+
+# --- invoices_needed ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target, level, max_invoices, batch, expected", [
+    (20, 0, 50, 32, 20),     # fill to the target in one batch
+    (60, 0, 50, 32, 32),     # a batch at a time
+    (60, 32, 50, 32, 18),    # never above the Rod's max
+    (20, 15, 50, 32, 5),
+    (20, 20, 50, 32, 0),     # full
+    (20, 25, 50, 32, 0),     # above the target (the Rod kept older ones): nothing, never negative
+    (20, 10, 5, 32, 0),      # the Rod's max fell below what it holds
+    (0, 0, 50, 32, 0),       # asyncln-rod-pool=0
+    (20, 0, 0, 32, 0),       # a Rod that keeps nothing
+    (20, 0, 50, 0, 0),
+    (20, 0, 50, 3, 3),
+])
+def test_invoices_needed(target, level, max_invoices, batch, expected):
+    assert invoices_needed(target, status(level, max_invoices), batch) == expected
+
+
+@pytest.mark.parametrize("refused", [("stranger",), ("one", "two"), ("",)])
+def test_any_refusal_stops_the_top_up(refused):
+    assert invoices_needed(20, status(0, 50, refused), 32) == 0
+
+
+@given(target=st.integers(0, 200), level=st.integers(0, 200), max_invoices=st.integers(0, 200),
+       batch=st.integers(0, 64), refused=st.lists(st.text(max_size=5), max_size=3))
+def test_invoices_needed_never_overfills(target, level, max_invoices, batch, refused):
+    n = invoices_needed(target, status(level, max_invoices, refused), batch)
+    assert 0 <= n <= batch
+    assert level + n <= max(level, min(target, max_invoices))
+    if refused:
+        assert n == 0
+    elif level < min(target, max_invoices) and batch:
+        assert n > 0  # a pool below target always gets something
+
+
+# --- wants_query -------------------------------------------------------------------------------
+
+def test_wants_query_at_most_every_n_blocks():
+    below = status(level=3)
+    assert wants_query(None, None, 100, 20, 6)               # never asked: ask
+    assert not any(wants_query(below, 100, h, 20, 6) for h in range(90, 106))
+    assert wants_query(below, 100, 106, 20, 6)
+    assert wants_query(None, 100, 106, 20, 6)                # asked, no answer yet: ask again
+    assert not wants_query(None, 100, 105, 20, 6)
+
+
+def test_wants_query_stops_when_full():
+    assert not wants_query(status(level=20), 100, 10_000, 20, 6)
+    assert not wants_query(status(level=50, max_invoices=50), 100, 10_000, 80, 6)  # Rod's max
+    assert not wants_query(status(level=0), 100, 10_000, 0, 6)  # pool=0: nothing wanted
+    assert wants_query(status(level=19), 100, 10_000, 20, 6)
+
+
+def test_wants_query_asks_again_after_a_refusal():
+    """A connection may come before the channel that makes B a depositor."""
+    refused = status(level=0, max_invoices=0, refused=("this Rod keeps invoices only for its "
+                                                       "channel peers",))
+    assert wants_query(refused, 100, 106, 20, 6)
+    assert not wants_query(refused, 100, 105, 20, 6)
+
+
+@given(answers=st.lists(st.tuples(st.integers(0, 60), st.booleans()), min_size=1, max_size=40),
+       every=st.integers(1, 10), target=st.integers(0, 60), start=st.integers(0, 10_000))
+def test_asks_are_spaced_and_end_once_full(answers, every, target, start):
+    """Drive wants_query block by block, as RodShell.on_block does; each ask gets an answer."""
+    answers = iter(answers)
+    last: PoolStatus = None
+    asked = []
+    full_at = None
+    for height in range(start, start + 400):
+        if wants_query(last, asked[-1] if asked else None, height, target, every):
+            assert full_at is None, "asked a Rod whose pool was full"
+            asked.append(height)
+            level, refuse = next(answers, (target, False))
+            last = status(level=level, max_invoices=50, refused=("no",) if refuse else ())
+            if not refuse and level >= min(target, 50):
+                full_at = height
+    assert all(b - a >= every for a, b in zip(asked, asked[1:]))
+
+
+# --- a simulated B <-> R top-up with the real Rod ------------------------------------------
+
+class Recipient:
+    """B's side of the loop, as RodShell.top_up and deposit run it, minting fake invoices."""
+
+    def __init__(self, target, batch, expiry, size):
+        self.target, self.batch, self.expiry, self.size = target, batch, expiry, size
+        self.minted = 0
+        self._names = itertools.count()
+
+    def invoices(self, count, now):
+        out = []
+        for _ in range(count):
+            h = hashlib.sha256(b"B%d" % next(self._names)).hexdigest()
+            out.append(rod.Deposited(h, "lnbcrt" + "x" * (self.size - 6), None, now + self.expiry))
+        self.minted += count
+        return out
+
+
+def pool_status(result: rod.DepositResult, limits: rod.RodLimits) -> PoolStatus:
+    """What RodShell.take_deposit answers for a deposit."""
+    return PoolStatus(result.level, result.accepted, limits.max_invoices,
+                      limits.min_expiry_seconds, result.refused)
+
+
+def connection(recipient: Recipient, the_rod: rod.Rod, now: int, limit=1000):
+    """B connects: an empty deposit asks the level, then B tops up until told to stop.
+
+    Returns the statuses B saw; fails if the loop does not end within ``limit`` rounds.
+    """
+    limits = the_rod.limits
+    seen = [pool_status(the_rod.deposit(B, True, [], now), limits)]
+    for _ in range(limit):
+        count = invoices_needed(recipient.target, seen[-1], recipient.batch)
+        if count == 0:
+            return seen
+        items = recipient.invoices(count, now)
+        seen.append(pool_status(the_rod.deposit(B, True, items, now), limits))
+    raise AssertionError("the top-up never ended")
+
+
+@settings(max_examples=300, deadline=None)
+@given(target=st.integers(0, 120), batch=st.integers(1, MAX_DEPOSIT_BATCH),
+       max_invoices=st.integers(1, 100), max_bytes=st.integers(1, 20_000),
+       size=st.integers(20, 400), drains=st.lists(st.integers(0, 40), max_size=6))
+def test_the_top_up_loop_ends_and_stays_within_the_rods_limits(
+        target, batch, max_invoices, max_bytes, size, drains):
+    limits = rod.RodLimits(max_invoices=max_invoices, max_bytes=max_bytes,
+                           fetches_per_hour=10_000)
+    the_rod = rod.Rod(limits)
+    recipient = Recipient(target, batch, 2 * DAY, size)
+    goal = min(target, max_invoices, max_bytes // size)
+    now = NOW
+    for drain in [0] + drains:                      # payers take invoices between connections
+        for _ in range(drain):
+            try:
+                the_rod.fetch(node_id(40), B, 1000, now)
+            except Exception:
+                break
+        before = recipient.minted
+        seen = connection(recipient, the_rod, now)
+        level = the_rod.level(B)
+        assert level <= max_invoices and the_rod.pool(B).size_bytes <= max_bytes
+        assert all(s.level <= max_invoices for s in seen)
+        refusals = [s for s in seen if s.refused]
+        # Only max_bytes (which B cannot see) may refuse, and only once: the top-up stops.
+        assert len(refusals) <= 1
+        if refusals:
+            assert all("max-bytes" in r for r in refusals[0].refused)
+            assert recipient.minted - before - (level - seen[0].level) <= batch
+        else:
+            # Without a refusal B mints exactly what fills the pool to its target.
+            assert level == max(seen[0].level, min(target, max_invoices))
+            assert recipient.minted - before == level - seen[0].level
+        assert level >= min(goal, seen[-1].level)
+        now += 60
+
+
+def test_a_rod_that_refuses_everything_gets_one_batch_per_connection():
+    """B's invoices expire before the Rod's asyncln-rod-min-expiry: all of them are refused."""
+    limits = rod.RodLimits(min_expiry_seconds=2 * DAY)
+    the_rod = rod.Rod(limits)
+    recipient = Recipient(target=20, batch=MAX_DEPOSIT_BATCH, expiry=DAY, size=100)
+    seen = connection(recipient, the_rod, NOW)
+    assert recipient.minted == 20 and the_rod.level(B) == 0
+    assert len(seen[-1].refused) == 20
+    assert invoices_needed(20, seen[-1], MAX_DEPOSIT_BATCH) == 0

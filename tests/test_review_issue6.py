@@ -1,0 +1,153 @@
+"""Cold review of issue 6 (Rod, payment codes, hints, payer cancel): problems found.
+
+Each test shows one problem and is a strict xfail until it is fixed.
+"""
+
+import json
+import time
+from dataclasses import replace
+
+import pytest
+from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, incoming, node_id, payload, record
+from test_node import RecordingRpc
+
+from asyncln import code as codes
+from asyncln import hold, messages, note, payer, rod_shell
+from asyncln.errors import AsynclnError, Code
+from asyncln.node import Node
+from asyncln.policy import Policy
+from asyncln.recipient import RecipientConfig
+from asyncln.record import HintHop
+from asyncln.states import HoldState
+
+ROOMY = replace(Policy(), max_held=10, max_held_msat=10_000_000, min_held_msat=0)
+
+
+def shell(rpc, rods=()):
+    return Node(rpc, lambda *a, **k: None, Policy(),
+                recipient=RecipientConfig(rods=tuple(codes.Rod(r) for r in rods)))
+
+
+# --- 1. a probe's failed search fails followers whose search would differ ------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "hold._end_search: a follower inherits the probe's 'no route' although its own search "
+    "differs (route hints; likewise maxfee budget and maxdelay). A payer whose HTLC has no/bogus "
+    "hints (or zero fee margin) and a low payment hash becomes the probe for B and makes every "
+    "other payment to B fail without a search of its own (without please_poll: failed back now)"))
+def test_a_probe_without_hints_does_not_fail_a_follower_that_has_them():
+    relay = hold.Relay(ROOMY, 1000)
+    probe, follower = "00" * 32, "ff" * 32
+    relay.htlc_accepted(probe, incoming(htlc_id=0, secret="01" * 32),
+                        payload(record()), 110_000, 1500)
+    hints = ((HintHop(node_id(7), "103x1x0", 1000, 10, 6),),)
+    rec = replace(record(please_poll=False), route_hints=hints)
+    _, actions = relay.htlc_accepted(follower, incoming(htlc_id=1, secret="02" * 32),
+                                     payload(rec), 110_000, 1500)
+    assert not [a for a in actions if isinstance(a, hold.FindRoute)]  # it follows the probe
+    actions = relay.route_failed(probe, "no path to a private node")
+    own = [a for a in actions if isinstance(a, hold.FindRoute) and a.payment_hash == follower]
+    assert own and own[0].hints == hints
+    assert relay.held[follower].state != HoldState.FAILED
+
+
+# --- 2. an accepted cancel is announced before it is durable -----------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Node.payer_cancelled sends cancel_answer accepted=1 before the FAILED record is persisted: "
+    "a crash in between reloads HELD, the replayed HTLC is delivered, yet A was told its HTLC "
+    "comes back (A may pay B again by other means)"))
+def test_cancel_is_accepted_only_after_the_failed_record_is_written():
+    rpc = RecordingRpc()
+    node = shell(rpc)
+    with node.lock:
+        node.relay.htlc_accepted(PAYMENT_HASH, incoming(), payload(record()), 110_000, 1500)
+    node.payer_cancelled(PAYER, PAYMENT_HASH)
+    assert node.relay.held[PAYMENT_HASH].state == HoldState.FAILED
+    methods = [(m, p) for m, p in rpc.calls]
+    accepted = next(i for i, (m, p) in enumerate(methods) if m == "sendcustommsg"
+                    and isinstance(messages.decode(p["msg"]), messages.CancelAnswer))
+    written = next(i for i, (m, p) in enumerate(methods) if m == "datastore"
+                   and json.loads(p["string"]).get("state") == "failed")
+    assert written < accepted
+
+
+# --- 3. floods of Rod/cancel messages queue one worker job each --------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "RodShell.on_message queues one worker job per invoice_request (and cancel_request, "
+    "deposit, note): a stranger's flood grows the queue without bound and delays S's "
+    "FindRoute/SendPay/Persist behind it; query_info already has a per-peer cap"))
+@pytest.mark.parametrize("msg", [
+    messages.InvoiceRequest("00" * 8, RECIPIENT, 1000),
+    messages.CancelRequest("ab" * 32),
+], ids=["invoice_request", "cancel_request"])
+def test_a_strangers_flood_does_not_grow_the_worker_queue(msg):
+    node = shell(RecordingRpc())
+    for _ in range(200):
+        node.custom_message(OTHER, messages.encode(msg))
+    assert len(node._jobs) <= 10
+
+
+# --- 4. a Rod can hand A a B-signed invoice meant for something else ---------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "payer.check_fetched checks payee, amount, expiry, fresh hash but not that the invoice is "
+    "one B deposited (description/label): a Rod that holds an invoice B issued to the Rod "
+    "itself serves it to A, and A's money settles the Rod's bill"))
+def test_a_fetched_invoice_must_be_a_deposited_one():
+    now = int(time.time())
+    decoded = {"type": "bolt11 invoice", "valid": True, "payment_hash": "cd" * 32,
+               "payment_secret": "22" * 32, "payee": RECIPIENT, "amount_msat": 5000,
+               "created_at": now, "expiry": 3600,
+               "description": "Order #7 of the Rod operator: 5000 msat"}
+    with pytest.raises(AsynclnError):
+        payer.check_fetched(decoded, RECIPIENT, 5000, now, "lnbcrt1x", set())
+
+
+# --- 5. a later note for the same payment replaces the one B stored ----------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "RodShell.receive_note overwrites ['asyncln','note',hash]: notes are sealed to a public "
+    "key and unauthenticated, so any of B's Rods (which know the hash) can replace the payer's "
+    "note after B stored it"))
+def test_a_second_note_for_a_payment_does_not_replace_the_first():
+    rod_id = OTHER
+    rpc = RecordingRpc(makesecret={"secret": "44" * 32})
+    node = shell(rpc, rods=(rod_id,))
+    key = note.note_public_key("44" * 32)
+    genuine = note.seal("for invoice 12, from Alice", key, PAYMENT_HASH)
+    forged = note.seal("refund to Mallory", key, PAYMENT_HASH)
+    for sealed in (genuine, forged):
+        node.rods.receive_note(rod_id, messages.Note(RECIPIENT, PAYMENT_HASH, sealed.hex()))
+    stored = [json.loads(p["string"])["note"] for m, p in rpc.calls
+              if m == "datastore" and p["key"][1] == "note"]
+    assert stored[-1] == "for invoice 12, from Alice"
+
+
+# --- 6. a payment code can keep asyncln-pay / fetchinvoice waiting for many minutes -------
+
+class SilentRods(RecordingRpc):
+    def call(self, method, params=None):
+        if method == "listpeers":
+            self.calls.append((method, params))
+            return {"peers": [{"id": r, "connected": True} for r in self.rods]}
+        return super().call(method, params)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "RodShell.fetch asks every Rod of the code in turn, each with a 30 s wait (plus connects "
+    "to every address): a code naming ~30 silent Rods holds the RPC ~15 minutes; no overall "
+    "deadline or cap on Rods/addresses tried"))
+def test_fetch_has_an_overall_bound(monkeypatch):
+    monkeypatch.setattr(rod_shell, "ANSWER_SECONDS", 0.001)
+    rods = tuple(codes.Rod(node_id(10 + i)) for i in range(30))
+    text = codes.PaymentCode(RECIPIENT, rods, node_id(9), "y").encode()
+    rpc = SilentRods(checkmessage={"verified": True})
+    rpc.rods = [r.node_id for r in rods]
+    node = shell(rpc)
+    with pytest.raises(AsynclnError) as e:
+        node.fetchinvoice(text, 1000, None)
+    assert e.value.code == Code.NO_ANSWER
+    asked = [p for m, p in rpc.calls if m == "sendcustommsg"]
+    assert len(asked) * 30 <= 120  # at most ~2 minutes of waiting in the worst case
