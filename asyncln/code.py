@@ -16,6 +16,16 @@ from typing import Dict, List, Tuple
 from .wire import DecodeError, decode_tlv_stream, encode_tlv_stream, is_point
 
 CODE_PREFIX = "aln1"
+DEPOSIT_DESCRIPTION = "asyncln-rod:"
+
+
+def deposit_description(rod_id: str) -> str:
+    """Every invoice B deposits names the Rod it is for; A and the Rod both insist on it.
+
+    Without it, a Rod could serve A an invoice B issued to the Rod itself
+    and settle its own bill with A's money.
+    """
+    return DEPOSIT_DESCRIPTION + rod_id
 CODE_VERSION = 1
 MAX_CODE_CHARS = 2000
 SIGNED_PREFIX = "asyncln-code:"

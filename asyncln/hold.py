@@ -232,8 +232,9 @@ class Relay:
         self.unanswered: Set[str] = set()   # an answer to lightningd failed: answer again
         self.forwarding: Set[str] = set()
         self.searching: Set[str] = set()    # a FindRoute is out
-        self.probes: Dict[str, str] = {}    # next node -> the one payment searching for it
-        self.followers: Dict[str, Set[str]] = defaultdict(set)
+        # (next node, route hints) -> the one payment searching for it, and the ones waiting
+        self.probes: Dict[tuple, str] = {}
+        self.followers: Dict[tuple, Set[str]] = defaultdict(set)
         self.lost_since: Dict[Tuple[str, int], int] = {}  # (hash, partid) first judged Lost
         self.unsent: Set[Tuple[str, int]] = set()  # attempts planned, not yet handed to sendpay
         self.by_node: Dict[str, Set[str]] = defaultdict(set)
@@ -696,14 +697,14 @@ class Relay:
         """One delivery try; while another payment searches for the same node, follow it."""
         if not self._may_start(held) or held.payment_hash in self.searching:
             return []
-        node = held.record.next_node
+        key = (held.record.next_node, held.record.route_hints)
         held = self._put(held, attempts=held.attempts + 1,
                          next_poll_height=self.height + self.policy.poll_blocks)
         self.searching.add(held.payment_hash)
-        if node in self.probes:
-            self.followers[node].add(held.payment_hash)
+        if key in self.probes:
+            self.followers[key].add(held.payment_hash)
             return []
-        self.probes[node] = held.payment_hash
+        self.probes[key] = held.payment_hash
         return [self._find_route(held)]
 
     def _find_route(self, held: HeldPayment) -> FindRoute:
@@ -714,20 +715,28 @@ class Relay:
                          maxdelay=self._max_route_delay(held), hints=record.route_hints)
 
     def _end_search(self, payment_hash: str, error: Optional[str]) -> List[Action]:
-        """A search ended; if it was its node's probe, its followers go now or fail with it."""
+        """A search ended; if it was a probe, its followers go now or fail with it.
+
+        A follower shares a failure only if its own search could not do
+        better: a payer must not make other payments fail by probing with a
+        search that is bound to fail (too little fee, too little CLTV).
+        """
         self.searching.discard(payment_hash)
-        node = next((n for n, probe in self.probes.items() if probe == payment_hash), None)
-        if node is None:
+        key = next((k for k, probe in self.probes.items() if probe == payment_hash), None)
+        if key is None:
             return []
-        del self.probes[node]
-        followers = sorted(self.followers.pop(node, ()))
+        del self.probes[key]
+        probe = self.held.get(payment_hash)
+        bound = self._find_route(probe) if probe is not None else None
         actions: List[Action] = []
-        for follower in followers:
+        for follower in sorted(self.followers.pop(key, ())):
             held = self.held.get(follower)
             if held is None or not self._may_start(held):
                 self.searching.discard(follower)
-            elif error is None:
-                actions.append(self._find_route(held))  # the node is reachable: each finds its route
+                continue
+            own = self._find_route(held)
+            if error is None or bound is None or not _no_easier(own, bound):
+                actions.append(own)  # each finds its own route
             else:
                 self.searching.discard(follower)
                 actions += self._attempt_failed(held, f"no route: {error}")
@@ -776,3 +785,9 @@ class Relay:
         if held.payer:
             actions.append(self._notify(held, reason))
         return actions + self._answer(held)
+
+
+def _no_easier(search: FindRoute, failed: FindRoute) -> bool:
+    """``search`` asks at least as much as a search that failed: it would fail too."""
+    return (search.amount_msat >= failed.amount_msat and search.final_cltv >= failed.final_cltv
+            and search.maxfee_msat <= failed.maxfee_msat and search.maxdelay <= failed.maxdelay)

@@ -95,7 +95,7 @@ class Node:
         self._jobs: deque = deque()
         self._cv = threading.Condition()
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
-        self._info_owed: set = set()         # peers with an INFO answer queued
+        self._queued: set = set()            # (peer, kind) with a job queued: one each
         self._last_tick = self._last_reconcile = time.monotonic()
         self.fetched = set(self.store.load("fetched"))  # hashes of invoices a Rod handed us
         self.rods = RodShell(self, rod_limits, recipient)
@@ -131,6 +131,22 @@ class Node:
         with self._cv:
             (self._jobs.appendleft if urgent else self._jobs.append)(job)
             self._cv.notify()
+
+    def submit_once(self, key: tuple, job: Callable[[], None]) -> None:
+        """A peer's request: at most one queued per (peer, kind), however many it sends.
+
+        A flood then costs one job, not a queue that delays held payments.
+        """
+        with self._cv:
+            if key in self._queued:
+                return
+            self._queued.add(key)
+
+        def once():
+            with self._cv:
+                self._queued.discard(key)
+            job()
+        self.submit(once)
 
     def submit_actions(self, actions: List[hold.Action]) -> None:
         if actions:
@@ -460,16 +476,7 @@ class Node:
             case None:
                 return
             case messages.QueryInfo():
-                with self._cv:  # at most one answer queued per peer, however many asks
-                    if peer in self._info_owed:
-                        return
-                    self._info_owed.add(peer)
-
-                def answer_info():
-                    with self._cv:
-                        self._info_owed.discard(peer)
-                    self.send(peer, self.relay.policy)
-                self.submit(answer_info)
+                self.submit_once((peer, "info"), lambda: self.send(peer, self.relay.policy))
             case Policy():
                 with self.lock:
                     self.terms[peer] = msg
@@ -499,9 +506,17 @@ class Node:
             self.log(f"refusing {peer}'s cancel of {payment_hash}: {e}", level="info")
             self.send(peer, messages.CancelAnswer(payment_hash, False, str(e), int(e.code)))
             return
+        self.run(actions)
+        # "Accepted" only once the failed record is on disk: a crash before it
+        # would reload the hold, and the replayed HTLC could still be delivered.
+        saved = self.store.get("held", payment_hash)
+        if (saved or {}).get("state") != HoldState.FAILED.value:
+            self.send(peer, messages.CancelAnswer(payment_hash, False,
+                                                  "the cancel is not saved yet; ask again",
+                                                  int(Code.NO_ANSWER)))
+            return
         self.log(f"payer {peer} cancelled {payment_hash}")
         self.send(peer, messages.CancelAnswer(payment_hash, True, hold.CANCELLED_BY_PAYER))
-        self.run(actions)
 
     # --- peers -----------------------------------------------------------
 
@@ -715,11 +730,13 @@ class Node:
         if not answer.accepted:
             raise AsynclnError(f"the holding node refused: {answer.reason}",
                                peer_code(answer.error_code))
-        with self.lock:
-            current = self.pays[pay.payment_hash]
-            updated = payer.cancelled(current)
+        with self.lock:  # read and write under one lock: a notification may land meanwhile
+            updated = payer.cancelled(self.pays[pay.payment_hash])
+            if updated:
+                self.pays[pay.payment_hash] = updated
         if updated:
-            self.save_pay(updated)
+            self.submit(lambda: self.store.put("pay", pay.payment_hash,
+                                               self.pays[pay.payment_hash].to_json()))
         return pay_json(self.pays[pay.payment_hash])
 
     def getinfo(self) -> dict:

@@ -16,6 +16,7 @@ from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Succeeded, judge_attempt, msat
 from .messages import PaymentStatus
 from .policy import Policy
+from .code import deposit_description
 from .hold import CANCELLED_BY_PAYER
 from .record import MAX_HINT_HOPS, MAX_HINT_ROUTES, FinalPayload, HintHop, TrampolineRecord
 from .states import PAY_MOVES, PAY_OPEN, PayState, move
@@ -111,7 +112,7 @@ def check_invoice(decoded: dict, now: int, bolt11: str = "",
 
 
 def check_fetched(decoded: dict, recipient: str, amount_msat: int, now: int, bolt11: str,
-                  used: Set[str]) -> Invoice:
+                  used: Set[str], *, rod_id: str) -> Invoice:
     """The invoice a Rod handed us: signed by the recipient, unexpired, for our amount, fresh.
 
     ``decode`` reports ``valid`` only when the signature matches ``payee``.
@@ -125,6 +126,10 @@ def check_fetched(decoded: dict, recipient: str, amount_msat: int, now: int, bol
     if invoice.destination != recipient:
         raise AsynclnError(f"the Rod's invoice is signed by {invoice.destination}, not by the "
                            f"recipient {recipient}", Code.INVOICE_MISMATCH)
+    if decoded.get("description") != deposit_description(rod_id):
+        raise AsynclnError("the Rod's invoice is not one the recipient deposited there "
+                           f"(its description is not {deposit_description(rod_id)!r})",
+                           Code.INVOICE_MISMATCH)
     if invoice.payment_hash in used:
         raise AsynclnError(f"the Rod's invoice reuses payment hash {invoice.payment_hash}",
                            Code.HASH_REUSED)

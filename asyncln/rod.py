@@ -29,6 +29,7 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union, assert_never
 
+from .code import deposit_description
 from .errors import AsynclnError, Code
 from .lightningd import msat
 from .policy import int_options
@@ -173,7 +174,7 @@ def _refused(reason: str) -> AsynclnError:
 
 
 def check_invoice(depositor: str, decoded: dict, bolt11: str, now: int,
-                  limits: RodLimits) -> Deposited:
+                  limits: RodLimits, rod_id: Optional[str] = None) -> Deposited:
     """A :class:`Deposited` from lightningd's ``decode`` answer, if the Rod may keep it.
 
     ``decoded`` describes what a depositor sent us: any shape of it ends in
@@ -194,6 +195,9 @@ def check_invoice(depositor: str, decoded: dict, bolt11: str, now: int,
         raise _refused(f"{prefix}: the invoice is not the depositor's own")
     if not _is_hex32(decoded.get("payment_secret")):
         raise _refused(f"{prefix}: the invoice has no payment secret")
+    if rod_id is not None and decoded.get("description") != deposit_description(rod_id):
+        raise _refused(f"{prefix}: the description must be {deposit_description(rod_id)!r}, "
+                       "so that payers know the invoice was deposited here")
     amount = _amount(decoded, prefix)
     expires_at = _expires_at(decoded, prefix)
     problem = _too_soon(expires_at, now, limits)

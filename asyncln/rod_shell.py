@@ -22,6 +22,11 @@ from .lightningd import rpc_message
 from .recipient import RecipientConfig
 
 ANSWER_SECONDS = 30   # longest wait for a Rod's or trampoline's answer
+FETCH_SECONDS = 60    # longest a whole fetch may take, whatever the code lists
+MAX_RODS_TRIED = 3
+MAX_ADDRESSES_TRIED = 4
+LIVE_CHANNEL = ("CHANNELD_AWAITING_LOCKIN", "DUALOPEND_AWAITING_LOCKIN", "CHANNELD_NORMAL",
+                "CHANNELD_AWAITING_SPLICE")
 INVOICE_LABEL = "asyncln-rod-"
 
 
@@ -33,6 +38,7 @@ class RodShell:
         self.rod = rod.Rod(limits, node._load("rod", rod.Pool.from_json))
         self.levels: Dict[str, messages.PoolStatus] = {}  # my Rod -> its last pool_status
         self.asked_at: Dict[str, int] = {}                # my Rod -> height we last asked
+        self.asking: set = set()   # my Rods whose answer we await: only an answer tops up
         self._slots: Dict[Tuple, Tuple[str, queue.Queue]] = {}  # what we wait for -> (peer, slot)
         self._slots_lock = threading.Lock()
         self._note_secret: Optional[str] = None
@@ -42,23 +48,27 @@ class RodShell:
     def on_message(self, peer: str, msg) -> None:
         match msg:
             case messages.Deposit():
-                self.node.submit(lambda: self.take_deposit(peer, msg))
+                self.node.submit_once((peer, "deposit"), lambda: self.take_deposit(peer, msg))
             case messages.PoolStatus():
                 if peer in self.my_rods:
-                    self.node.submit(lambda: self.top_up(peer, msg))
+                    self.node.submit_once((peer, "pool"), lambda: self.top_up(peer, msg))
             case messages.InvoiceRequest():
-                self.node.submit(lambda: self.serve(peer, msg))
+                self.node.submit_once((peer, "invoice"), lambda: self.serve(peer, msg))
             case messages.InvoiceResponse():
                 self._answered(("invoice", msg.request_id), peer, msg)
             case messages.Note() if msg.recipient == self.node.node_id:
                 if peer in self.my_rods:
-                    self.node.submit(lambda: self.receive_note(peer, msg))
+                    self.node.submit(lambda: self.receive_note(peer, msg))  # bounded by R's cap
             case messages.Note():
-                self.node.submit(lambda: self.keep_note(peer, msg))
+                self.node.submit_once((peer, "note"), lambda: self.keep_note(peer, msg))
             case messages.NoteAck():
-                self.node.submit(lambda: self.note_acked(peer, msg.payment_hash))
+                with self.node.lock:  # only acks for notes we keep: bounded by max_notes
+                    waiting = any(h == msg.payment_hash for h, _ in self.rod.notes_for(peer))
+                if waiting:
+                    self.node.submit(lambda: self.note_acked(peer, msg.payment_hash))
             case messages.CancelRequest():
-                self.node.submit(lambda: self.node.payer_cancelled(peer, msg.payment_hash))
+                self.node.submit_once((peer, "cancel"),
+                                      lambda: self.node.payer_cancelled(peer, msg.payment_hash))
             case messages.CancelAnswer():
                 self._answered(("cancel", msg.payment_hash), peer, msg)
 
@@ -72,6 +82,7 @@ class RodShell:
     def query(self, my_rod: str) -> None:
         """An empty deposit asks a Rod for our pool level; its answer drives the top-up."""
         self.asked_at[my_rod] = self.node.relay.height
+        self.asking.add(my_rod)
         self.node.send(my_rod, messages.Deposit(()))
 
     def on_block(self, height: int) -> None:
@@ -89,7 +100,8 @@ class RodShell:
     # --- R: the Rod --------------------------------------------------------------
 
     def take_deposit(self, depositor: str, msg: messages.Deposit) -> None:
-        is_peer = bool(self.node.rpc.call("listpeerchannels", {"id": depositor})["channels"])
+        is_peer = any(c.get("state") in LIVE_CHANNEL for c in self.node.rpc.call(
+            "listpeerchannels", {"id": depositor})["channels"])
         limits = self.rod.limits
         now = int(time.time())
         try:
@@ -104,7 +116,8 @@ class RodShell:
         for bolt11 in msg.invoices:
             try:
                 decoded = self.node.rpc.call("decode", {"string": bolt11})
-                items.append(rod.check_invoice(depositor, decoded, bolt11, now, limits))
+                items.append(rod.check_invoice(depositor, decoded, bolt11, now, limits,
+                                               self.node.node_id))
             except RpcError as e:
                 items.append(f"cannot decode: {rpc_message(e)}")
             except AsynclnError as e:
@@ -183,7 +196,11 @@ class RodShell:
     # --- B: the recipient ----------------------------------------------------------
 
     def top_up(self, my_rod: str, status: messages.PoolStatus) -> None:
+        """Only in answer to our query or deposit: an unasked status makes no invoices."""
         self.levels[my_rod] = status
+        if my_rod not in self.asking:
+            return
+        self.asking.discard(my_rod)
         if status.refused:
             self.node.log(f"Rod {my_rod} refused {len(status.refused)} invoices: "
                           f"{list(status.refused)[:3]}", level="warn")
@@ -196,9 +213,11 @@ class RodShell:
         invoices = tuple(self.node.rpc.call("invoice", {
             "amount_msat": "any" if amount_msat is None else amount_msat,
             "label": INVOICE_LABEL + os.urandom(8).hex(),
-            "description": "asyncln: paid while the recipient was offline",
+            "description": codes.deposit_description(my_rod),
             "expiry": self.config.invoice_expiry})["bolt11"] for _ in range(count))
+        self.asking.add(my_rod)
         if not self.node.send(my_rod, messages.Deposit(invoices)):
+            self.asking.discard(my_rod)
             raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
         self.node.log(f"deposited {count} invoices at Rod {my_rod}")
         return count
@@ -210,11 +229,26 @@ class RodShell:
         return self._note_secret
 
     def receive_note(self, my_rod: str, msg: messages.Note) -> None:
-        """Store what opens; acknowledge either way, so that the Rod drops a bad note too."""
-        try:
-            text = note.open_note(bytes.fromhex(msg.sealed), self.note_secret(), msg.payment_hash)
-        except note.NoteError as e:
-            self.node.log(f"refusing the note for {msg.payment_hash} from Rod {my_rod}: {e}",
+        """Store what opens; acknowledge either way, so that the Rod drops a bad note too.
+
+        Only for our own deposited invoices, and only the first note per
+        payment: a note is sealed to a public key, so whoever knows the hash
+        (the Rod, the payer) could write one; a later one must not replace it.
+        """
+        problem = None
+        found = self.node.rpc.call("listinvoices", {"payment_hash": msg.payment_hash})["invoices"]
+        if not any(i.get("label", "").startswith(INVOICE_LABEL) for i in found):
+            problem = "not one of our deposited invoices"
+        elif self.node.store.get("note", msg.payment_hash) is not None:
+            problem = "we already keep a note for this payment"
+        else:
+            try:
+                text = note.open_note(bytes.fromhex(msg.sealed), self.note_secret(),
+                                      msg.payment_hash)
+            except note.NoteError as e:
+                problem = str(e)
+        if problem:
+            self.node.log(f"refusing the note for {msg.payment_hash} from Rod {my_rod}: {problem}",
                           level="warn")
         else:
             self.node.store.put("note", msg.payment_hash, {
@@ -273,15 +307,18 @@ class RodShell:
         if note_text is not None:  # refuse a bad note before a Rod hands out an invoice
             sealed_note(note_text, paycode.note_key, "00" * 32)
         errors = []
-        for my_rod in paycode.rods:
+        deadline = time.monotonic() + FETCH_SECONDS
+        for my_rod in paycode.rods[:MAX_RODS_TRIED]:
+            if time.monotonic() >= deadline:
+                break
             try:
-                bolt11 = self._ask_rod(my_rod, paycode.node_id, amount_msat)
+                bolt11 = self._ask_rod(my_rod, paycode.node_id, amount_msat, deadline)
             except AsynclnError as e:
                 if e.code != Code.NO_ANSWER:
                     raise
                 errors.append(str(e))
                 continue
-            invoice = self._check(bolt11, paycode.node_id, amount_msat)
+            invoice = self._check(bolt11, paycode.node_id, amount_msat, my_rod.node_id)
             out = {"bolt11": bolt11, "payment_hash": invoice.payment_hash,
                    "amount_msat": invoice.amount_msat, "recipient": paycode.node_id,
                    "rod": my_rod.node_id, "note_sent": False}
@@ -308,11 +345,12 @@ class RodShell:
             raise AsynclnError("the code is not signed by the node it names", Code.BAD_CODE)
         return paycode
 
-    def _ask_rod(self, my_rod: codes.Rod, recipient_id: str, amount_msat: int) -> str:
+    def _ask_rod(self, my_rod: codes.Rod, recipient_id: str, amount_msat: int,
+                 deadline: float) -> str:
         self.reach(my_rod)
         request_id = os.urandom(8).hex()
         answer = self.ask(my_rod.node_id, ("invoice", request_id), messages.InvoiceRequest(
-            request_id, recipient_id, amount_msat))
+            request_id, recipient_id, amount_msat), deadline - time.monotonic())
         if answer.error_code is not None:
             raise AsynclnError(f"the Rod refused: {answer.error}", peer_code(answer.error_code))
         return answer.bolt11
@@ -322,7 +360,8 @@ class RodShell:
         if my_rod.node_id in self.node.connected_peers():
             return
         errors = []
-        for target in [f"{my_rod.node_id}@{a}" for a in my_rod.addresses] + [my_rod.node_id]:
+        addresses = my_rod.addresses[:MAX_ADDRESSES_TRIED]
+        for target in [f"{my_rod.node_id}@{a}" for a in addresses] + [my_rod.node_id]:
             try:
                 self.node.rpc.call("connect", {"id": target})
                 return
@@ -330,7 +369,8 @@ class RodShell:
                 errors.append(rpc_message(e))
         raise AsynclnError(f"cannot reach the Rod {my_rod.node_id}: {errors[-1]}", Code.NO_ANSWER)
 
-    def _check(self, bolt11: str, recipient_id: str, amount_msat: int) -> payer.Invoice:
+    def _check(self, bolt11: str, recipient_id: str, amount_msat: int,
+               rod_id: str) -> payer.Invoice:
         try:
             decoded = self.node.rpc.call("decode", {"string": bolt11})
         except RpcError as e:
@@ -342,21 +382,25 @@ class RodShell:
                               )["payments"]:
             used.add(decoded["payment_hash"])
         invoice = payer.check_fetched(decoded, recipient_id, amount_msat, int(time.time()),
-                                      bolt11, used)
+                                      bolt11, used, rod_id=rod_id)
         self.node.remember_fetched(invoice.payment_hash)
         return invoice
 
-    def ask(self, peer: str, key: Tuple, msg) -> object:
+    def ask(self, peer: str, key: Tuple, msg, timeout: float = ANSWER_SECONDS) -> object:
         """Send ``msg`` and wait for the answer filed under ``key`` from that same peer."""
+        timeout = max(0.0, min(timeout, ANSWER_SECONDS))
         slot: queue.Queue = queue.Queue(1)
         with self._slots_lock:
+            if key in self._slots:
+                raise AsynclnError("already waiting for an answer to the same request",
+                                   Code.BAD_PARAMETER)
             self._slots[key] = (peer, slot)
         try:
             if not self.node.send(peer, msg):
                 raise AsynclnError(f"cannot send to {peer}", Code.NO_ANSWER)
-            return slot.get(timeout=ANSWER_SECONDS)
+            return slot.get(timeout=timeout)
         except queue.Empty:
-            raise AsynclnError(f"{peer} did not answer within {ANSWER_SECONDS}s", Code.NO_ANSWER)
+            raise AsynclnError(f"{peer} did not answer within {timeout:.0f}s", Code.NO_ANSWER)
         finally:
             with self._slots_lock:
                 self._slots.pop(key, None)

@@ -6,7 +6,7 @@ the ``datastore`` call returns.
 """
 
 import json
-from typing import Dict
+from typing import Dict, Optional
 
 
 class Store:
@@ -21,6 +21,10 @@ class Store:
 
     def delete(self, kind: str, key: str) -> None:
         self.rpc.call("deldatastore", {"key": [self.namespace, kind, key]})
+
+    def get(self, kind: str, key: str) -> Optional[dict]:
+        found = self.rpc.call("listdatastore", {"key": [self.namespace, kind, key]})["datastore"]
+        return next((json.loads(e["string"]) for e in found if "string" in e), None)
 
     def load(self, kind: str) -> Dict[str, dict]:
         found = self.rpc.call("listdatastore", {"key": [self.namespace, kind]})["datastore"]

@@ -140,13 +140,13 @@ class ShellMachine(RuleBasedStateMachine):
         elif isinstance(action, hold.Forget) and rnd.random() < 0.3:
             self.store.pop(action.payment_hash, None)
         others = {h: p for h, p in relay.held.items() if h != action.payment_hash}
-        searching = set(relay.searching)
-        follow = relay.action_failed(action, "injected failure")
         # (iii) one payment's failure leaves the others alone, but a probe's
-        # failed search ends the tries of the payments that followed it
+        # failed search ends (or starts its own search for) each payment that followed it
         followers = set()
         if isinstance(action, hold.FindRoute):
-            followers = searching - set(relay.searching)
+            followers = set().union(*(waiting for key, waiting in relay.followers.items()
+                                      if relay.probes.get(key) == action.payment_hash))
+        follow = relay.action_failed(action, "injected failure")
         for payment_hash, before in others.items():
             if payment_hash not in followers:
                 assert relay.held.get(payment_hash) == before, \

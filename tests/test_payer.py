@@ -379,15 +379,17 @@ def test_route_hints_ride_in_the_record():
 
 
 def test_a_fetched_invoice_must_be_the_recipients_own_unexpired_fresh_and_fit():
-    fetched = payer.check_fetched(decoded(amount_msat=None), RECIPIENT, 5_000, NOW, "lnbcrt1y", set())
+    def check(used=frozenset(), amount=100_000, rod=S, **fields):
+        deposited = {"description": f"asyncln-rod:{S}", **fields}
+        return payer.check_fetched(decoded(**deposited), RECIPIENT, amount, NOW, "lnbcrt1y",
+                                   set(used), rod_id=rod)
+
+    fetched = check(amount=5_000, amount_msat=None)
     assert (fetched.amount_msat, fetched.bolt11) == (5_000, "lnbcrt1y")
-    assert "not by the recipient" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
-                                             decoded(payee=S), RECIPIENT, 100_000, NOW, "", set())
-    assert "expired" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
-                                decoded(created_at=NOW - 4000), RECIPIENT, 100_000, NOW, "", set())
-    assert "differs" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
-                                decoded(), RECIPIENT, 5_000, NOW, "", set())
-    assert "not a valid" in refused(Code.INVOICE_MISMATCH, payer.check_fetched,
-                                    decoded(valid=False), RECIPIENT, 100_000, NOW, "", set())
-    assert "reuses" in refused(Code.HASH_REUSED, payer.check_fetched,
-                               decoded(), RECIPIENT, 100_000, NOW, "", {PAYMENT_HASH})
+    assert "not by the recipient" in refused(Code.INVOICE_MISMATCH, check, payee=S)
+    assert "expired" in refused(Code.INVOICE_MISMATCH, check, created_at=NOW - 4000)
+    assert "differs" in refused(Code.INVOICE_MISMATCH, check, amount=5_000)
+    assert "not a valid" in refused(Code.INVOICE_MISMATCH, check, valid=False)
+    assert "deposited" in refused(Code.INVOICE_MISMATCH, check, rod=X)
+    assert "deposited" in refused(Code.INVOICE_MISMATCH, check, description="Order #7")
+    assert "reuses" in refused(Code.HASH_REUSED, check, used={PAYMENT_HASH})

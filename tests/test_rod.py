@@ -609,3 +609,15 @@ class RodMachine(RuleBasedStateMachine):
 
 RodMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=80, deadline=None)
 TestRodMachine = RodMachine.TestCase
+
+
+def test_a_rod_keeps_only_invoices_that_name_it():
+    """The description says where the invoice was deposited: the payer checks it too."""
+    mine = decoded(description=f"asyncln-rod:{C}")
+    assert check_invoice(B, mine, "lnbcrt1x", NOW, RodLimits(), rod_id=C).payment_hash
+    for other in ({"description": f"asyncln-rod:{B}"}, {"description": "Order #7"}, {}):
+        with pytest.raises(AsynclnError, match="description") as e:
+            check_invoice(B, {**mine, **other} if other else
+                          {k: v for k, v in mine.items() if k != "description"},
+                          "lnbcrt1x", NOW, RodLimits(), rod_id=C)
+        assert e.value.code == Code.DEPOSIT_REFUSED
