@@ -52,6 +52,9 @@ plugin = Plugin(dynamic=False, init_features=feature_hex(), node_features=featur
 for _name, (_field, _) in OPTIONS.items():
     plugin.add_option(_name, getattr(DEFAULTS, _field), OPTION_HELP[_name], opt_type="int")
 plugin.add_option("asyncln-relay", True, "Hold payments for others", opt_type="bool")
+plugin.add_option("asyncln-accept-clear", True,
+                  "Hold payments whose record is in clear (version 1), not in an asyncln onion",
+                  opt_type="bool")
 _LIMITS = rod.RodLimits()
 for _name, (_field, _) in rod.OPTIONS.items():
     plugin.add_option(_name, getattr(_LIMITS, _field), OPTION_HELP[_name], opt_type="int")
@@ -178,14 +181,16 @@ def rpc(name, waits=False):
 
 @rpc("asyncln-pay", waits=True)
 def asyncln_pay(plugin, invstring, trampoline=None, maxfee_msat=None, max_hold_blocks=None,
-                amount_msat=None, note=None):
+                amount_msat=None, note=None, clear=False):
     """Pay a BOLT11 invoice or a payment code through a holding node that waits for an offline recipient.
 
     A code (aln1...) needs amount_msat: an invoice is fetched from the code's Rod
     first, and an optional note is encrypted to the recipient. Returns once the
-    HTLC is sent, with status `pending`; follow it with asyncln-listpays.
+    HTLC is sent, with status `pending`; follow it with asyncln-listpays. The
+    instructions travel in an asyncln onion when the holder announced a key;
+    clear=true sends them as a clear record (version 1) instead.
     """
-    return NODE.pay(invstring, trampoline, maxfee_msat, max_hold_blocks, amount_msat, note)
+    return NODE.pay(invstring, trampoline, maxfee_msat, max_hold_blocks, amount_msat, note, clear)
 
 
 @rpc("asyncln-fetchinvoice", waits=True)

@@ -15,8 +15,12 @@ TEMPORARY_NODE_FAILURE = NODE | 2
 INVALID_ONION_PAYLOAD = PERM | 22
 FINAL_INCORRECT_CLTV_EXPIRY = 18
 FINAL_INCORRECT_HTLC_AMOUNT = 19
-TRAMPOLINE_FEE_INSUFFICIENT = NODE | 51
-TRAMPOLINE_EXPIRY_TOO_SOON = NODE | 52
+# bolts PR #836 (trampoline) numbers.
+TEMPORARY_TRAMPOLINE_FAILURE = NODE | 25
+TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT = NODE | 26
+UNKNOWN_NEXT_TRAMPOLINE = PERM | 27
+TRAMPOLINE_FAILURES = (TEMPORARY_TRAMPOLINE_FAILURE, TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT,
+                       UNKNOWN_NEXT_TRAMPOLINE)
 
 
 def temporary_node_failure() -> str:
@@ -36,9 +40,17 @@ def final_incorrect_htlc_amount(amount_msat: int) -> str:
     return struct.pack(">HQ", FINAL_INCORRECT_HTLC_AMOUNT, amount_msat).hex()
 
 
-def trampoline_fee_insufficient() -> str:
-    return struct.pack(">H", TRAMPOLINE_FEE_INSUFFICIENT).hex()
+def trampoline_fee_or_expiry_insufficient(fee_base_msat: int, fee_ppm: int,
+                                          cltv_expiry_delta: int) -> str:
+    """#836: what the holder would need, so that the payer can retry with it."""
+    return struct.pack(">HIIH", TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT,
+                       min(fee_base_msat, 0xFFFFFFFF), min(fee_ppm, 0xFFFFFFFF),
+                       min(cltv_expiry_delta, 0xFFFF)).hex()
 
 
-def trampoline_expiry_too_soon() -> str:
-    return struct.pack(">H", TRAMPOLINE_EXPIRY_TOO_SOON).hex()
+def unknown_next_trampoline() -> str:
+    return struct.pack(">H", UNKNOWN_NEXT_TRAMPOLINE).hex()
+
+
+def temporary_trampoline_failure() -> str:
+    return struct.pack(">H", TEMPORARY_TRAMPOLINE_FAILURE).hex()

@@ -174,6 +174,7 @@ class SendPay:
     payment_secret: str
     total_msat: int
     max_height: int
+    onion: Optional[str] = None  # version 2: the next holder's asyncln onion (hex), not a recipient
 
 
 @dataclass(frozen=True)
@@ -256,8 +257,6 @@ class Relay:
         ``tip_height`` is lightningd's height when it called the hook
         (``cltv_expiry - cltv_expiry_relative``).
         """
-        if tip_height is not None:
-            self.height = max(self.height, tip_height)
         try:
             found = find_record(payload)
         except DecodeError as e:
@@ -271,7 +270,16 @@ class Relay:
         except DecodeError as e:
             return Reject(failures.invalid_onion_payload(RECORD_TYPE, offset),
                           f"malformed asyncln record: {e}"), []
+        return self.admit(payment_hash, incoming, record, offset, forward_msat, outgoing_cltv,
+                          tip_height)
 
+    def admit(self, payment_hash: str, incoming: Incoming, record: TrampolineRecord, offset: int,
+              forward_msat: int, outgoing_cltv: int,
+              tip_height: Optional[int] = None) -> Tuple[Verdict, List[Action]]:
+        """An HTLC whose record is read: the clear one (version 1), or one the shell peeled
+        from the asyncln onion (version 2). ``offset`` names it in a refusal."""
+        if tip_height is not None:
+            self.height = max(self.height, tip_height)
         existing = self.held.get(payment_hash)
         if existing is not None and not existing.attached and existing.incoming.same_htlc(incoming):
             return self._reattach(existing, incoming)
@@ -288,10 +296,7 @@ class Relay:
         if rejection is not None:
             return rejection, []
 
-        hold_limit = self.policy.max_hold_blocks
-        if record.max_hold_blocks is not None:
-            hold_limit = min(hold_limit, record.max_hold_blocks)
-        hold_limit = max(hold_limit, 1)  # a zero hold still gets its first attempt
+        hold_limit = self._hold_limit(record)
         held = HeldPayment(
             payment_hash=payment_hash, incoming=incoming, record=record,
             hold_start=self.height,
@@ -389,7 +394,7 @@ class Relay:
         return actions + [Persist(held),
                           SendPay(payment_hash, held.partid, tuple(route),
                                   held.record.payment_secret, held.record.total_msat,
-                                  max_height)]
+                                  max_height, held.record.next_onion)]
 
     def route_failed(self, payment_hash: str, error: str) -> List[Action]:
         if payment_hash not in self.searching:
@@ -425,18 +430,25 @@ class Relay:
         return [Persist(held), CheckAttempt(payment_hash, pending_partid)]
 
     def attempt_failed(self, payment_hash: str, partid: Optional[int], error: str,
-                       refused_by: Optional[str] = None) -> List[Action]:
+                       refused_by: Optional[str] = None,
+                       holder_failure: Optional[str] = None) -> List[Action]:
         """Outgoing attempt ``partid`` ended without a preimage.
 
         A failure of any other attempt is stale and changes nothing.
         ``refused_by`` names the node that sent a permanent failure; when that
         is the recipient itself (say, an unknown payment secret), waiting for
         it to come back cannot help, so the HTLC is failed back at once.
+        ``holder_failure`` is a trampoline failure (bolts #836) from the next
+        holder: it gave up, or wants more fee or CLTV. We pass it upstream at
+        once, as #836's trampolines do: holding on could not do better.
         """
         held = self.held.get(payment_hash)
         if held is None or held.state != HoldState.FORWARDING or (partid or 0) != held.partid:
             return []
         self.lost_since.pop((payment_hash, held.partid), None)
+        if holder_failure is not None and held.record.next_onion is not None:
+            held = self._put(held, state=HoldState.HELD)
+            return self._fail(held, f"the next holder failed it: {error}", holder_failure)
         if refused_by == held.record.next_node:
             held = self._put(held, state=HoldState.HELD)
             return self._fail(held, f"recipient refused the payment: {error}")
@@ -612,10 +624,23 @@ class Relay:
             return self._fail(held, GAVE_UP)
         return self._try(held)
 
+    def _hold_limit(self, record: TrampolineRecord) -> int:
+        """The payer's cap within ours; a zero hold still gets its first attempt."""
+        hold_limit = self.policy.max_hold_blocks
+        if record.max_hold_blocks is not None:
+            hold_limit = min(hold_limit, record.max_hold_blocks)
+        return max(hold_limit, 1)
+
     def _last_forward_bound(self, incoming: Incoming, record: TrampolineRecord) -> int:
         """First height at which even a direct forward lacks CLTV margin."""
         return (incoming.cltv_expiry - self.policy.safety_blocks
                 - record.final_cltv_delta - HEIGHT_SLACK + 1)
+
+    def _terms(self, record: TrampolineRecord) -> str:
+        """#836's fee-or-expiry refusal, with the CLTV delta we add above the next node's."""
+        return failures.trampoline_fee_or_expiry_insufficient(
+            self.policy.fee_base_msat, self.policy.fee_ppm,
+            self._hold_limit(record) - 1 + HEIGHT_SLACK + self.policy.safety_blocks)
 
     def _admission_error(self, incoming: Incoming, record: TrampolineRecord, offset: int,
                          forward_msat: int, outgoing_cltv: int) -> Optional[Reject]:
@@ -636,11 +661,9 @@ class Relay:
         if not self.synced:
             return Reject(temporary, "lightningd is still catching up with the chain")
         if incoming.amount_msat < record.amount_msat + policy.fee(record.amount_msat):
-            return Reject(failures.trampoline_fee_insufficient(),
-                          "incoming amount does not cover amount plus fee")
+            return Reject(self._terms(record), "incoming amount does not cover amount plus fee")
         if self._last_forward_bound(incoming, record) <= self.height:
-            return Reject(failures.trampoline_expiry_too_soon(),
-                          "incoming expiry leaves no room to forward safely")
+            return Reject(self._terms(record), "incoming expiry leaves no room to forward safely")
         if record.amount_msat < policy.min_held_msat:
             return Reject(temporary, "amount below asyncln-min-held-msat")
         if self.active_count >= policy.max_held:
@@ -778,9 +801,11 @@ class Relay:
         return NotifyPayer(held.payer, held.payment_hash, held.state, held.give_up_height,
                            held.next_poll_height, held.attempts, reason)
 
-    def _fail(self, held: HeldPayment, reason: str) -> List[Action]:
-        held = self._put(held, state=HoldState.FAILED,
-                         failure_message=failures.temporary_node_failure(), last_error=reason)
+    def _fail(self, held: HeldPayment, reason: str,
+              failure_message: Optional[str] = None) -> List[Action]:
+        """Fail the HTLC back: by default #836's temporary_trampoline_failure (we held, we gave up)."""
+        held = self._put(held, state=HoldState.FAILED, last_error=reason,
+                         failure_message=failure_message or failures.temporary_trampoline_failure())
         actions: List[Action] = [Persist(held)]
         if held.payer:
             actions.append(self._notify(held, reason))

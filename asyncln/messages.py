@@ -292,6 +292,10 @@ _SPECS = {spec.msg_type: spec for spec in (
         _Field(14, "max_held", _TU64),
         # Odd: a payer that ignores it is refused at admission, nothing worse.
         _Field(15, "min_held_msat", _TU64, 0),
+        # Odd: the asyncln onion key (record version 2) and the node's signature of it
+        # (signmessage over onion.key_statement), so a payer that is not our peer can check it.
+        _Field(17, "onion_key", _POINT, None),
+        _Field(19, "onion_key_sig", _text(MAX_REASON_BYTES), None),
     )),
     _Spec(PAYMENT_STATUS, PaymentStatus, (
         _Field(1, "reason", _text(400), ""),

@@ -13,11 +13,12 @@ import os
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, assert_never
 
 from pyln.client import RpcError
 
-from . import __version__, failures, hold, messages, payer, rod
+from . import __version__, failures, hold, messages, onion, payer, peel, rod
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT, has_feature
 from .lightningd import (
@@ -31,7 +32,7 @@ from .lightningd import (
 )
 from .policy import Policy
 from .recipient import RecipientConfig
-from .record import find_record
+from .record import RECORD_TYPE, find_record
 from .rod_shell import RodShell, peer_code
 from .code import CODE_PREFIX
 from .states import PAY_OPEN, HoldState, PayState
@@ -60,11 +61,16 @@ def incoming_from_hook(htlc: dict, onion: dict, peer_id: Optional[str]) -> hold.
                          shared_secret=onion.get("shared_secret"))
 
 
-def carries_record(onion: dict) -> bool:
+def carries_record(hook_onion: dict) -> bool:
+    """The payload carries an asyncln record (version 1) or onion (version 2), or is malformed."""
     try:
-        return find_record(bytes.fromhex(onion["payload"])) is not None
-    except (DecodeError, KeyError, ValueError):
+        payload = bytes.fromhex(hook_onion["payload"])
+    except (KeyError, ValueError):
         return False
+    try:
+        return find_record(payload) is not None or onion.find_onion(payload) is not None
+    except DecodeError:
+        return True  # the relay refuses it, with the failure that fits
 
 
 class Node:
@@ -98,7 +104,18 @@ class Node:
         self._queued: set = set()            # (peer, kind) with a job queued: one each
         self._last_tick = self._last_reconcile = time.monotonic()
         self.fetched = set(self.store.load("fetched"))  # hashes of invoices a Rod handed us
+        self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
+
+    def _onion_key(self, policy: Policy):
+        """Our asyncln key (makesecret) and the terms we announce: the policy, the key, its signature."""
+        secret = self.rpc.call("makesecret", {"string": onion.ONION_KEY_LABEL}).get("secret")
+        if secret is None:
+            return None, policy
+        key = onion.public_key(secret)
+        signed = self.rpc.call("signmessage", {"message": onion.key_statement(key)})
+        return onion.secret_key(secret), replace(policy, onion_key=key,
+                                                 onion_key_sig=signed.get("zbase"))
 
     def _load(self, kind: str, parse) -> dict:
         """One unreadable record must not keep the others (and the plugin) from loading."""
@@ -319,10 +336,13 @@ class Node:
                                                f"part {action.partid} is taken in lightningd",
                                                used_partid=free_partid - 1)
         try:
-            result = self.rpc.call("sendpay", {
-                "route": list(action.route), "payment_hash": action.payment_hash,
-                "payment_secret": action.payment_secret, "amount_msat": action.total_msat,
-                "partid": action.partid, "groupid": groupid, "label": "asyncln-relay"})
+            if action.onion is None:
+                result = self.rpc.call("sendpay", {
+                    "route": list(action.route), "payment_hash": action.payment_hash,
+                    "payment_secret": action.payment_secret, "amount_msat": action.total_msat,
+                    "partid": action.partid, "groupid": groupid, "label": "asyncln-relay"})
+            else:
+                result = self.send_to_holder(action, info["blockheight"] + 1, groupid)
         except RpcError as e:
             # Believe lightningd's records, not the error.
             self.log(f"sendpay for {action.payment_hash} answered: {rpc_message(e)}", level="info")
@@ -332,6 +352,25 @@ class Node:
             with self.lock:
                 return self.relay.attempt_succeeded(action.payment_hash, result["payment_preimage"])
         return []
+
+    def send_to_holder(self, action: hold.SendPay, base: int, groupid: int) -> dict:
+        """Version 2: the next holder gets the rest of the asyncln onion in its final-hop payload.
+
+        ``base`` is the height sendonion counts the first hop's delay from
+        (getinfo's + 1, read just before, as ``max_height`` was checked).
+        """
+        route, last = list(action.route), action.route[-1]
+        payload = onion.final_payload(last["amount_msat"], base + last["delay"],
+                                      bytes.fromhex(action.onion))
+        made = self.rpc.call("createonion", {"hops": onion.route_hops(route, base, payload),
+                                             "assocdata": action.payment_hash})
+        return self.rpc.call("sendonion", {
+            "onion": made["onion"], "payment_hash": action.payment_hash,
+            "first_hop": {"id": route[0]["id"], "amount_msat": route[0]["amount_msat"],
+                          "delay": route[0]["delay"]},
+            "shared_secrets": made["shared_secrets"], "partid": action.partid,
+            "groupid": groupid, "label": "asyncln-relay", "amount_msat": last["amount_msat"],
+            "destination": last["id"]})
 
     def check_attempt(self, payment_hash: str, partid: int) -> List[hold.Action]:
         parts = self.rpc.call("listsendpays", {"payment_hash": payment_hash})["payments"]
@@ -370,23 +409,35 @@ class Node:
 
     # --- events from hooks and notifications (dispatch thread: no I/O) ------
 
-    def htlc_accepted(self, onion: dict, htlc: dict, peer_id: Optional[str], request) -> None:
-        try:
-            plain = find_record(bytes.fromhex(onion["payload"])) is None
-        except DecodeError:
-            plain = False  # the relay refuses it, with the failure that fits
-        if plain:
+    def htlc_accepted(self, hook_onion: dict, htlc: dict, peer_id: Optional[str], request) -> None:
+        if not carries_record(hook_onion):
             request.set_result(CONTINUE)  # not ours: never wait for the lock a poll round holds
             return
-        incoming = incoming_from_hook(htlc, onion, peer_id)
+        payload = bytes.fromhex(hook_onion["payload"])
+        incoming = incoming_from_hook(htlc, hook_onion, peer_id)
         tip = None
         if "cltv_expiry_relative" in htlc:
             tip = incoming.cltv_expiry - int(htlc["cltv_expiry_relative"])
         payment_hash = htlc["payment_hash"]
+        forward_msat = msat(hook_onion.get("forward_msat", 0))
+        outgoing_cltv = int(hook_onion.get("outgoing_cltv_value", 0))
+        # Version 2: peel our layer (one ECDH, no I/O) before taking the lock.
+        peeled = peel.read(payload, payment_hash, self.onion_secret, self.node_id,
+                           self.relay.policy, incoming, max(self.relay.height, tip or 0))
         with self.lock:
-            verdict, actions = self.relay.htlc_accepted(
-                payment_hash, incoming, bytes.fromhex(onion["payload"]),
-                msat(onion.get("forward_msat", 0)), int(onion.get("outgoing_cltv_value", 0)), tip)
+            if isinstance(peeled, hold.Reject):
+                verdict, actions = peeled, []
+            elif peeled is not None:
+                record, offset = peeled
+                verdict, actions = self.relay.admit(payment_hash, incoming, record, offset,
+                                                    forward_msat, outgoing_cltv, tip)
+            elif not self.relay.policy.accept_clear:
+                verdict, actions = hold.Reject(
+                    failures.invalid_onion_payload(RECORD_TYPE, 0),
+                    "clear records (version 1) are refused: asyncln-accept-clear=false"), []
+            else:
+                verdict, actions = self.relay.htlc_accepted(
+                    payment_hash, incoming, payload, forward_msat, outgoing_cltv, tip)
             match verdict:
                 case hold.Continue():
                     request.set_result(CONTINUE)
@@ -456,9 +507,13 @@ class Node:
         failcode = data.get("failcode", 0)
         permanent = bool(failcode & failures.PERM)
         partid, groupid = data.get("partid", 0), data.get("groupid")
+        holder_failure = None
+        if failcode in failures.TRAMPOLINE_FAILURES:  # only asyncln holders send these
+            holder_failure = data.get("raw_message") or f"{failcode:04x}"
         with self.lock:
             actions = self.relay.attempt_failed(payment_hash, partid, message,
-                                                data.get("erring_node") if permanent else None)
+                                                data.get("erring_node") if permanent else None,
+                                                holder_failure)
             pay = self.pays.get(payment_hash)
             updated = pay and payer.on_failure(pay, partid, groupid, data.get("failcode"),
                                                data.get("erring_index"), message)
@@ -476,7 +531,7 @@ class Node:
             case None:
                 return
             case messages.QueryInfo():
-                self.submit_once((peer, "info"), lambda: self.send(peer, self.relay.policy))
+                self.submit_once((peer, "info"), lambda: self.send(peer, self.announced))
             case Policy():
                 with self.lock:
                     self.terms[peer] = msg
@@ -583,7 +638,7 @@ class Node:
                 self.save_pay(updated)
 
     def pay(self, invstring: str, trampoline: Optional[str], maxfee_msat, max_hold_blocks,
-            amount_msat=None, note: Optional[str] = None) -> dict:
+            amount_msat=None, note: Optional[str] = None, clear=False) -> dict:
         """Pay a BOLT11 invoice, or a payment code: fetch an invoice from its Rod, then pay it."""
         amount = None if amount_msat is None else _int(amount_msat, "amount_msat")
         fetched = None
@@ -609,7 +664,8 @@ class Node:
             self.paying.add(invoice.payment_hash)
             terms = dict(self.terms)
         try:
-            result = self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now)
+            result = self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks,
+                               now, bool(clear), fetched and fetched["rod"])
             if fetched:
                 result.update(rod=fetched["rod"], note_sent=fetched["note_sent"])
             return result
@@ -617,7 +673,8 @@ class Node:
             with self.lock:
                 self.paying.discard(invoice.payment_hash)
 
-    def _pay(self, invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now) -> dict:
+    def _pay(self, invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now,
+             clear=False, rod=None) -> dict:
         maxfee = payer.default_maxfee(invoice.amount_msat) if maxfee_msat is None else _int(maxfee_msat, "maxfee_msat")
         try:
             trampoline, info = payer.choose_trampoline(
@@ -632,15 +689,35 @@ class Node:
         final_cltv = payer.final_cltv_to_trampoline(invoice, hold_for, info)
         path = self.route_to(trampoline, invoice.amount_msat + maxfee, maxfee, final_cltv)
         to_trampoline = path[0]["amount_out_msat"] - path[-1]["amount_out_msat"]
-        amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info)
-        if amount != path[-1]["amount_out_msat"]:
-            path = self.route_to(trampoline, amount, maxfee, final_cltv)
-        height = self.rpc.getinfo()["blockheight"]
         # Reports only reach a connected peer: ask for them only when S is ours.
         report_to = self.node_id if len(path) == 1 else None
+        version = 1 if clear or not info.onion_key else 2
+        rod_terms = terms.get(rod) if rod and rod != trampoline and version == 2 else None
+        packet = None
+        if rod_terms is not None and rod_terms.onion_key and rod_terms.relay:
+            # A chain: S (ours) holds for R (the payee's Rod), R holds for the recipient.
+            budget = (maxfee - to_trampoline - rod_terms.fee(invoice.amount_msat)
+                      - info.fee(invoice.amount_msat + maxfee))
+            if budget < 0:
+                raise AsynclnError(f"maxfee_msat {maxfee} does not cover both holders' fees",
+                                   Code.MAXFEE_TOO_LOW)
+            layers, leg = payer.chain_layers(invoice, (trampoline, info), (rod, rod_terms),
+                                             hold_for, budget, report_to)
+            path = self.route_to(trampoline, leg.amount_in_msat, maxfee, leg.cltv_delta_in)
+            packet, _ = onion.build([(info.onion_key, layers[0]), (rod_terms.onion_key, layers[1])],
+                                    invoice.payment_hash)
+        else:
+            amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info)
+            if amount != path[-1]["amount_out_msat"]:
+                path = self.route_to(trampoline, amount, maxfee, final_cltv)
+            if version == 2:
+                packet, _ = onion.build([(info.onion_key,
+                                          payer.final_layer(invoice, hold_for, report_to))],
+                                        invoice.payment_hash)
+        height = self.rpc.getinfo()["blockheight"]
         hops, first_hop, cltv_expiry = payer.plan(invoice, path, height, hold_for, report_to,
-                                                 maxfee_msat=maxfee)
-        onion = self.rpc.call("createonion", {"hops": hops, "assocdata": invoice.payment_hash})
+                                                 maxfee_msat=maxfee, packet=packet)
+        made = self.rpc.call("createonion", {"hops": hops, "assocdata": invoice.payment_hash})
         parts = self.rpc.call("listsendpays", {"payment_hash": invoice.payment_hash})["payments"]
         groupid, partid = next_attempt_ids(parts)
         fields = dict(payment_hash=invoice.payment_hash, bolt11=invoice.bolt11,
@@ -648,15 +725,16 @@ class Node:
                       amount_msat=invoice.amount_msat, amount_sent_msat=first_hop["amount_msat"],
                       cltv_expiry=cltv_expiry, max_hold_blocks=hold_for, created_at=now,
                       trampoline_index=len(hops), partid=partid, groupid=groupid,
-                      report=report_to is not None)
+                      report=report_to is not None, version=version,
+                      rod=rod if rod_terms is not None else None)
         pay = payer.restart(existing, **fields) if existing else payer.Pay(**fields)
         self.save_pay(pay)
         try:
             # No total_amount_msat: lightningd then lets a retry join the group of
             # a part a crash left pending with no HTLC (CLN-FACTS, #3916).
             self.rpc.call("sendonion", {
-                "onion": onion["onion"], "first_hop": first_hop,
-                "payment_hash": invoice.payment_hash, "shared_secrets": onion["shared_secrets"],
+                "onion": made["onion"], "first_hop": first_hop,
+                "payment_hash": invoice.payment_hash, "shared_secrets": made["shared_secrets"],
                 "partid": partid, "groupid": groupid,
                 "label": "asyncln-pay", "bolt11": invoice.bolt11,
                 "amount_msat": invoice.amount_msat, "destination": invoice.destination})

@@ -20,7 +20,9 @@ from .code import deposit_description
 from .hold import CANCELLED_BY_PAYER
 from .record import MAX_HINT_HOPS, MAX_HINT_ROUTES, FinalPayload, HintHop, TrampolineRecord
 from .states import PAY_MOVES, PAY_OPEN, PayState, move
-from .wire import encode_bigsize, encode_tlv_stream, encode_tu
+from . import chain, onion
+from .layer import Layer
+from .onion import forward_payload
 
 # CLTV the payer adds for hops between the holding node and the recipient:
 # enough for a few intermediate nodes at CLN's default cltv-delta of 34.
@@ -54,6 +56,8 @@ class Pay:
     groupid: Optional[int] = None
     lost_since: Optional[int] = None  # height we first saw the attempt pending with no HTLC
     report: bool = False            # we asked the trampoline for PAYMENT_STATUS (report_to)
+    version: int = 1                # 1: clear record; 2: asyncln onion
+    rod: Optional[str] = None       # the payee's Rod, when S holds for it (a chain of holders)
 
     def to_json(self) -> dict:
         return {**asdict(self), "status": self.status.value}
@@ -232,14 +236,44 @@ def final_cltv_to_trampoline(invoice: Invoice, hold: int, info: Policy) -> int:
     return hold + info.safety_blocks + invoice.min_final_cltv_expiry + DOWNSTREAM_CLTV_BUDGET
 
 
+def final_layer(invoice: Invoice, hold: int, report_to: Optional[str] = None) -> Layer:
+    """The last holder's layer (record version 2): the recipient and its payment data."""
+    return Layer(amt_to_forward=invoice.amount_msat,
+                 outgoing_cltv_delta=invoice.min_final_cltv_expiry,
+                 outgoing_node_id=invoice.destination, please_poll=True, max_hold_blocks=hold,
+                 payment_secret=invoice.payment_secret, total_msat=invoice.amount_msat,
+                 route_hints=invoice.route_hints, report_to=report_to)
+
+
+def chain_layers(invoice: Invoice, first: Tuple[str, Policy], rod: Tuple[str, Policy],
+                 hold: int, routing_budget_msat: int,
+                 report_to: Optional[str]) -> Tuple[List[Layer], chain.Leg]:
+    """Layers for S (the payer's holder), then R (the payee's Rod), then the recipient.
+
+    S learns only R; R learns the recipient. Each holder's CLTV and fee
+    budget leaves the holders after it room to work (asyncln/chain.py).
+    Returns the layers and S's leg: what S must receive, and with how much CLTV.
+    """
+    holds = [min(hold, first[1].max_hold_blocks), min(hold, rod[1].max_hold_blocks)]
+    legs = chain.plan_chain([first, rod], invoice.amount_msat, invoice.min_final_cltv_expiry,
+                            holds, [routing_budget_msat // 2, routing_budget_msat // 2])
+    to_rod = Layer(amt_to_forward=legs[1].amount_in_msat,
+                   outgoing_cltv_delta=legs[1].cltv_delta_in, outgoing_node_id=rod[0],
+                   please_poll=True, max_hold_blocks=holds[0], report_to=report_to)
+    return [to_rod, final_layer(invoice, holds[1])], legs[0]
+
+
 def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
          report_to: Optional[str] = None, please_poll: bool = True,
-         maxfee_msat: Optional[int] = None) -> Tuple[List[dict], dict, int]:
+         maxfee_msat: Optional[int] = None,
+         packet: Optional[bytes] = None) -> Tuple[List[dict], dict, int]:
     """Build ``createonion`` hops and the ``sendonion`` first hop.
 
     ``path`` is one ``getroutes`` route to the holding node (v26.06 fields).
     Returns (hops, first_hop, cltv_expiry at the holding node). lightningd
     bases ``first_hop.delay`` on its block height + 1, and so do we. With
+    ``packet`` (an asyncln onion, record version 2) the holder's payload
+    carries it instead of the clear record. With
     ``maxfee_msat``, a path costing more in total is refused: a second
     ``getroutes`` may find dearer hops than the one the amount was based on.
     """
@@ -260,22 +294,20 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
     for hop, onward in zip(path, path[1:]):
         hops.append({"pubkey": hop["node_id_out"],
                      "payload": _forward_payload(onward, base).hex()})
-    final = FinalPayload(amt_to_forward=trampoline_hop["amount_out_msat"],
-                         outgoing_cltv_value=cltv_expiry, record=record)
-    hops.append({"pubkey": trampoline_hop["node_id_out"], "payload": final.encode().hex()})
+    if packet is None:
+        final = FinalPayload(amt_to_forward=trampoline_hop["amount_out_msat"],
+                             outgoing_cltv_value=cltv_expiry, record=record).encode()
+    else:
+        final = onion.final_payload(trampoline_hop["amount_out_msat"], cltv_expiry, packet)
+    hops.append({"pubkey": trampoline_hop["node_id_out"], "payload": final.hex()})
     first_hop = {"id": path[0]["node_id_out"], "amount_msat": total, "delay": path[0]["cltv_out"]}
     return hops, first_hop, cltv_expiry
 
 
 def _forward_payload(onward: dict, base: int) -> bytes:
-    """A BOLT 4 forwarding payload telling a hop to use ``onward``'s channel."""
-    block, tx, out = (int(part) for part in onward["short_channel_id_dir"].split("/")[0].split("x"))
-    stream = encode_tlv_stream({
-        2: encode_tu(onward["amount_out_msat"]),
-        4: encode_tu(base + onward["cltv_out"]),
-        6: ((block << 40) | (tx << 16) | out).to_bytes(8, "big"),
-    })
-    return encode_bigsize(len(stream)) + stream
+    """A BOLT 4 forwarding payload telling a hop to use ``onward``'s channel (getroutes format)."""
+    return forward_payload(onward["short_channel_id_dir"].split("/")[0],
+                           onward["amount_out_msat"], base + onward["cltv_out"])
 
 
 def on_status(pay: Pay, status: PaymentStatus, sender: str) -> Optional[Pay]:
@@ -316,9 +348,13 @@ def on_failure(pay: Pay, partid: Optional[int], groupid: Optional[int],
     from_trampoline = erring_index == pay.trampoline_index
     if from_trampoline and pay.reason:
         reason = pay.reason  # the holding node told us why
-    elif (from_trampoline and failcode == failures.TEMPORARY_NODE_FAILURE
+    elif (from_trampoline and failcode == failures.TEMPORARY_TRAMPOLINE_FAILURE
           and pay.status == PayState.HELD):
         reason = "recipient stayed offline: the holding node gave up"
+    elif from_trampoline and failcode == failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT:
+        reason = f"a holding node wants more fee or CLTV (retry with a larger budget): {message}"
+    elif from_trampoline and failcode == failures.UNKNOWN_NEXT_TRAMPOLINE:
+        reason = f"a holding node cannot reach the next holder: {message}"
     else:
         reason = message
     return _fail(pay, reason)

@@ -1,7 +1,7 @@
 """A holding node's terms: its asyncln-* options, and what its INFO message tells payers."""
 
 from dataclasses import dataclass, fields
-from typing import Mapping
+from typing import Mapping, Optional
 
 # Option name -> (Policy field, least allowed value). One table for parsing,
 # validation, the manifest's defaults and asyncln-getinfo.
@@ -33,6 +33,10 @@ class Policy:
     min_held_msat: int = 10_000
     max_held_per_peer: int = 20
     max_held_msat_per_peer: int = 250_000_000
+    accept_clear: bool = True       # take version-1 records, readable by every hop's holder
+    # Announced in INFO, set by the shell: the asyncln onion key and its node-key signature.
+    onion_key: Optional[str] = None
+    onion_key_sig: Optional[str] = None
 
     def fee(self, amount_msat: int) -> int:
         """Base plus proportional fee on what the recipient gets, rounded down."""
@@ -41,7 +45,9 @@ class Policy:
     @classmethod
     def from_options(cls, options: Mapping) -> "Policy":
         """Parse lightningd's option values; ValueError names the first bad one."""
-        return cls(relay=_bool(options.get("asyncln-relay", True)),
+        return cls(relay=_bool(options.get("asyncln-relay", True), "asyncln-relay"),
+                   accept_clear=_bool(options.get("asyncln-accept-clear", True),
+                                      "asyncln-accept-clear"),
                    **int_options(options, OPTIONS))
 
     def as_json(self) -> dict:
@@ -64,14 +70,14 @@ def int_options(options: Mapping, table: Mapping[str, tuple]) -> dict:
     return values
 
 
-def _bool(value) -> bool:
+def _bool(value, name: str) -> bool:
     if isinstance(value, bool):
         return value
     if str(value).lower() in ("true", "1", "yes"):
         return True
     if str(value).lower() in ("false", "0", "no"):
         return False
-    raise ValueError(f"asyncln-relay must be true or false, not {value!r}")
+    raise ValueError(f"{name} must be true or false, not {value!r}")
 
 
 DEFAULTS = Policy()

@@ -10,12 +10,12 @@ from typing import Optional, Tuple
 
 from .wire import (
     DecodeError,
-    decode_bigsize,
     decode_tlv_stream,
     decode_tu,
     encode_bigsize,
     encode_tlv_stream,
     encode_tu,
+    find_tlv,
     is_point,
 )
 
@@ -106,6 +106,9 @@ class TrampolineRecord:
     max_hold_blocks: Optional[int] = None  # payer's own cap on the hold
     report_to: Optional[str] = None  # the payer, asking for PAYMENT_STATUS reports (opt-in)
     route_hints: Tuple[Tuple[HintHop, ...], ...] = ()  # the invoice's, for a private recipient
+    # Version 2 only, never on the wire in this form: the asyncln onion packet
+    # (hex) for the next holder, which ``next_node`` then names.
+    next_onion: Optional[str] = None
 
     def encode(self) -> bytes:
         inner = {
@@ -191,26 +194,9 @@ class FinalPayload:
 
 
 def find_record(prefixed_payload: bytes) -> Optional[Tuple[int, bytes]]:
-    """Return (offset in the TLV stream, raw record value), or None without one.
+    """(offset in the TLV stream, raw record value) in the hook's ``onion.payload``, or None.
 
-    ``prefixed_payload`` is the hook's ``onion.payload``: a BigSize length
-    followed by the TLV stream. Ordinary payments never carry the record, so
-    this is the pass-through fast path and it only walks the TLV headers.
+    Ordinary payments never carry the record, so this is the pass-through
+    fast path and it only walks the TLV headers.
     """
-    length, offset = decode_bigsize(prefixed_payload, 0)
-    if offset + length != len(prefixed_payload):
-        raise DecodeError("payload length prefix does not match", 0, 0)
-    end = len(prefixed_payload)
-    stream_start = offset
-    while offset < end:
-        start = offset - stream_start
-        tlv_type, offset = decode_bigsize(prefixed_payload, offset)
-        value_len, offset = decode_bigsize(prefixed_payload, offset)
-        if tlv_type == RECORD_TYPE:
-            if offset + value_len > end:
-                raise DecodeError("truncated asyncln record", RECORD_TYPE, start)
-            return start, prefixed_payload[offset:offset + value_len]
-        if tlv_type > RECORD_TYPE:
-            return None
-        offset += value_len
-    return None
+    return find_tlv(prefixed_payload, RECORD_TYPE)

@@ -5,7 +5,7 @@ byte offset, so callers can build an ``invalid_onion_payload`` failure or a
 log line without guessing what went wrong.
 """
 
-from typing import Dict, Iterable, Mapping, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from coincurve import PublicKey
 
@@ -105,3 +105,27 @@ def is_point(key: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+def find_tlv(prefixed_payload: bytes, wanted: int) -> Optional[Tuple[int, bytes]]:
+    """(offset in the TLV stream, value) of type ``wanted``, or None without one.
+
+    ``prefixed_payload`` is the hook's ``onion.payload``: a BigSize length,
+    then the TLV stream. Only the headers are walked, up to ``wanted``.
+    """
+    length, offset = decode_bigsize(prefixed_payload, 0)
+    if offset + length != len(prefixed_payload):
+        raise DecodeError("payload length prefix does not match", 0, 0)
+    end, stream_start = len(prefixed_payload), offset
+    while offset < end:
+        start = offset - stream_start
+        tlv_type, offset = decode_bigsize(prefixed_payload, offset)
+        value_len, offset = decode_bigsize(prefixed_payload, offset)
+        if tlv_type == wanted:
+            if offset + value_len > end:
+                raise DecodeError(f"truncated TLV {wanted}", wanted, start)
+            return start, prefixed_payload[offset:offset + value_len]
+        if tlv_type > wanted:
+            return None
+        offset += value_len
+    return None

@@ -110,5 +110,8 @@ def test_failure_encodings():
     assert failures.invalid_onion_payload(66101, 12) == "4016" + "fe00010235" + "000c"
     assert failures.final_incorrect_cltv_expiry(500) == "0012000001f4"
     assert failures.final_incorrect_htlc_amount(5) == "00130000000000000005"
-    assert failures.trampoline_fee_insufficient() == "2033"
-    assert failures.trampoline_expiry_too_soon() == "2034"
+    # bolts #836: NODE|26 with u32 fee_base_msat, u32 fee_proportional_millionths, u16 cltv_expiry_delta
+    assert failures.trampoline_fee_or_expiry_insufficient(1000, 100, 150) == \
+        "201a" + "000003e8" + "00000064" + "0096"
+    assert failures.unknown_next_trampoline() == "401b"
+    assert failures.temporary_trampoline_failure() == "2019"

@@ -34,7 +34,7 @@ RESOLVE = hold.ResolveIncoming(PAYMENT_HASH, PREIMAGE, KEY)
 
 
 def fail_back(reason, key=KEY):
-    return hold.FailIncoming(PAYMENT_HASH, TEMPORARY, reason, key)
+    return hold.FailIncoming(PAYMENT_HASH, failures.temporary_trampoline_failure(), reason, key)
 
 
 def arrive(relay, rec=None, inc=None, payment_hash=PAYMENT_HASH, tip=None, **kw):
@@ -129,7 +129,7 @@ def test_tip_height_from_the_hook_raises_our_height():
 def test_tip_height_counts_for_the_expiry_check():
     relay = hold.Relay(POLICY, 1000)
     verdict, _ = arrive(relay, inc=incoming(cltv_expiry=1030), tip=1001)
-    assert verdict.failure_message == failures.trampoline_expiry_too_soon()
+    assert verdict.failure_message.startswith(f"{failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT:04x}")
 
 
 def test_find_route_budget():
@@ -248,8 +248,8 @@ def test_route_answer_nobody_waits_for_is_ignored():
 
 
 @pytest.mark.parametrize("rec,inc,kw,code", [
-    (record(), incoming(amount=101_099), {}, failures.TRAMPOLINE_FEE_INSUFFICIENT),
-    (record(), incoming(cltv_expiry=1028), {}, failures.TRAMPOLINE_EXPIRY_TOO_SOON),
+    (record(), incoming(amount=101_099), {}, failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT),
+    (record(), incoming(cltv_expiry=1028), {}, failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT),
     (record(), incoming(), {"forward_msat": 110_001}, failures.FINAL_INCORRECT_HTLC_AMOUNT),
     (record(), incoming(), {"outgoing_cltv": 1501}, failures.FINAL_INCORRECT_CLTV_EXPIRY),
     (record(amount=900_000), incoming(amount=1_100_000), {}, failures.TEMPORARY_NODE_FAILURE),
@@ -978,7 +978,8 @@ def test_without_please_poll_a_follower_fails_with_its_probe():
     arrive(relay, rec=record(please_poll=False), payment_hash=HASHES[1],
            inc=incoming(htlc_id=1, secret="02" * 32))
     actions = relay.route_failed(HASHES[0], "offline")
-    assert hold.FailIncoming(HASHES[1], TEMPORARY, "recipient unreachable: no route: offline", "02" * 32) in actions
+    assert hold.FailIncoming(HASHES[1], failures.temporary_trampoline_failure(),
+                             "recipient unreachable: no route: offline", "02" * 32) in actions
     assert relay.held[HASHES[0]].state == HoldState.HELD
 
 
@@ -1173,3 +1174,118 @@ def test_a_preimage_with_the_wrong_hash_is_ignored_in_every_state():
         wrong = hashlib.sha256(b"x").hexdigest()
         assert relay.attempt_succeeded(PAYMENT_HASH, wrong) == []
         assert relay.held[PAYMENT_HASH] == before
+
+
+# --- the payer's cancel (cancel_request from the record's report_to) ---------------------------
+
+def test_the_payer_cancels_a_held_payment():
+    relay = held_relay()
+    actions = relay.payer_cancel(PAYMENT_HASH, PAYER)
+    assert kinds(actions) == ["Persist", "NotifyPayer", "FailIncoming"]
+    held = relay.held[PAYMENT_HASH]
+    assert held.state == HoldState.FAILED and held.last_error == hold.CANCELLED_BY_PAYER
+    assert actions[0] == hold.Persist(held)
+    [notify] = of(hold.NotifyPayer, actions)
+    assert (notify.payer, notify.state, notify.reason) == (PAYER, HoldState.FAILED,
+                                                           hold.CANCELLED_BY_PAYER)
+    assert actions[-1] == fail_back(hold.CANCELLED_BY_PAYER)
+    assert held.failure_message == failures.temporary_trampoline_failure()
+
+
+@pytest.mark.parametrize("peer, payment_hash", [
+    (OTHER, PAYMENT_HASH),        # someone else
+    (RECIPIENT, PAYMENT_HASH),    # the recipient
+    (PAYER, "00" * 32),           # nothing held with that hash
+], ids=["other", "recipient", "unknown-hash"])
+def test_only_the_payer_may_cancel_and_a_refusal_changes_nothing(peer, payment_hash):
+    relay = held_relay()
+    before = relay.held[PAYMENT_HASH]
+    with pytest.raises(AsynclnError) as refused:
+        relay.payer_cancel(payment_hash, peer)
+    assert refused.value.code == Code.UNKNOWN_PAYMENT
+    assert relay.held[PAYMENT_HASH] == before
+    assert relay.unanswered == set()
+    assert kinds(relay.block(1006)) == ["FindRoute"]  # still held: tried at its next poll
+
+
+def test_without_report_to_nobody_may_cancel_not_even_the_incoming_peer():
+    relay = held_relay(rec=record(report_to=None))
+    for peer in (PAYER, OTHER, RECIPIENT):
+        with pytest.raises(AsynclnError) as refused:
+            relay.payer_cancel(PAYMENT_HASH, peer)
+        assert refused.value.code == Code.UNKNOWN_PAYMENT
+    assert relay.held[PAYMENT_HASH].state == HoldState.HELD
+    assert relay.held[PAYMENT_HASH].incoming.peer == PAYER  # it came from PAYER all the same
+
+
+def test_the_payer_cannot_cancel_while_an_attempt_is_in_flight():
+    relay = forwarding_relay()
+    before = relay.held[PAYMENT_HASH]
+    with pytest.raises(AsynclnError) as refused:
+        relay.payer_cancel(PAYMENT_HASH, PAYER)
+    assert refused.value.code == Code.ATTEMPT_IN_FLIGHT
+    assert relay.held[PAYMENT_HASH] == before
+    # Once the attempt failed, the payer may cancel.
+    relay.attempt_failed(PAYMENT_HASH, 1, "recipient offline")
+    assert kinds(relay.payer_cancel(PAYMENT_HASH, PAYER))[-1] == "FailIncoming"
+
+
+@pytest.mark.parametrize("state", [HoldState.COMPLETE, HoldState.FAILED])
+def test_a_settled_payment_cannot_be_cancelled(state):
+    relay = relay_in(state)
+    before = relay.held[PAYMENT_HASH]
+    with pytest.raises(AsynclnError) as refused:
+        relay.payer_cancel(PAYMENT_HASH, PAYER)
+    assert refused.value.code == Code.ALREADY_RESOLVED
+    assert relay.held[PAYMENT_HASH] == before
+
+
+def test_a_second_cancel_is_already_resolved_and_answers_once():
+    relay = held_relay()
+    first = relay.payer_cancel(PAYMENT_HASH, PAYER)
+    with pytest.raises(AsynclnError) as again:
+        relay.payer_cancel(PAYMENT_HASH, PAYER)
+    assert again.value.code == Code.ALREADY_RESOLVED
+    assert len(of(hold.FailIncoming, first)) == 1
+
+
+def test_a_cancel_after_a_restart_fails_the_htlc_once_it_is_replayed():
+    relay = restart(held_relay())
+    actions = relay.payer_cancel(PAYMENT_HASH, PAYER)
+    assert kinds(actions) == ["Persist", "NotifyPayer"]  # lightningd waits on no answer yet
+    verdict, replayed = arrive(relay)
+    assert isinstance(verdict, hold.Hold)
+    assert replayed[-1] == fail_back(hold.CANCELLED_BY_PAYER)
+
+
+def test_a_cancelled_payment_is_never_forwarded():
+    relay = held_relay()
+    relay.payer_cancel(PAYMENT_HASH, PAYER)
+    for height in range(1001, 1200):
+        assert of(hold.FindRoute, relay.block(height)) == []
+    assert relay.poll() == []
+    assert relay.peer_online(RECIPIENT) == []
+
+
+@pytest.mark.parametrize("state", list(HoldState))
+@pytest.mark.parametrize("peer", [PAYER, OTHER, RECIPIENT, NOWHERE])
+@pytest.mark.parametrize("restarted", [False, True])
+def test_payer_cancel_is_accepted_only_from_the_payer_of_a_held_payment(state, peer, restarted):
+    relay = relay_in(state)
+    if restarted:
+        relay = restart(relay)
+    before = relay.held[PAYMENT_HASH]
+    allowed = peer == PAYER and state == HoldState.HELD
+    try:
+        actions = relay.payer_cancel(PAYMENT_HASH, peer)
+    except AsynclnError as e:
+        assert not allowed
+        assert e.code == (Code.UNKNOWN_PAYMENT if peer != PAYER else
+                          Code.ATTEMPT_IN_FLIGHT if state == HoldState.FORWARDING else
+                          Code.ALREADY_RESOLVED)
+        assert relay.held[PAYMENT_HASH] == before
+        return
+    assert allowed
+    assert relay.held[PAYMENT_HASH].state == HoldState.FAILED
+    assert len(of(hold.FailIncoming, actions)) == (0 if restarted else 1)
+    assert of(hold.SendPay, actions) == of(hold.FindRoute, actions) == []

@@ -82,7 +82,7 @@ class RelayMachine(RuleBasedStateMachine):
                     (old is not None and old.state == HoldState.FAILED)
                 assert now is not None and now.state == HoldState.FAILED
                 assert (payment_hash, now.incoming.shared_secret) not in self.paid
-                assert action.failure_message == failures.temporary_node_failure()
+                assert action.failure_message == failures.temporary_trampoline_failure()
             elif isinstance(action, hold.ResolveIncoming):
                 assert hashlib.sha256(bytes.fromhex(action.preimage)).hexdigest() == payment_hash
                 assert HoldState.COMPLETE in (persisted.get(payment_hash), old and old.state)
@@ -456,7 +456,7 @@ class RelayMachine(RuleBasedStateMachine):
             if held.state == HoldState.COMPLETE:
                 assert hashlib.sha256(bytes.fromhex(held.preimage)).hexdigest() == held.payment_hash
             if held.state == HoldState.FAILED:
-                assert held.failure_message == failures.temporary_node_failure()
+                assert held.failure_message == failures.temporary_trampoline_failure()
 
 
 RelayMachine.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)

@@ -229,7 +229,7 @@ def test_status_messages_only_from_our_trampoline():
 
 
 def test_failure_reasons():
-    temporary = failures.TEMPORARY_NODE_FAILURE
+    temporary = failures.TEMPORARY_TRAMPOLINE_FAILURE
     gave_up = PaymentStatus(PAYMENT_HASH, "failed", 530, 536, 5,
                             "recipient stayed offline until the hold deadline")
     told = payer.on_status(pay(status=PayState.HELD), gave_up, S)

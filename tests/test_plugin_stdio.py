@@ -2,13 +2,17 @@
 
 import json
 import threading
+import time
 
 import pytest
-from factories import PAYER, PAYMENT_HASH, RECIPIENT, payload, record
+from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, node_id, payload, record
 from plugin_harness import PluginProcess, RpcFailure, ScriptedRpc, htlc_params, wait_for
 
-from asyncln import messages
-from asyncln.features import FEATURE_BIT, has_feature
+from asyncln import code as codes
+from asyncln import messages, note, rod
+from asyncln.features import FEATURE_BIT, feature_hex, has_feature
+from asyncln.policy import Policy
+from asyncln.recipient import DEFAULT_INVOICE_EXPIRY, DEFAULT_POOL
 
 
 @pytest.fixture
@@ -91,7 +95,7 @@ def test_hold_notify_and_give_up(node):
     plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1029}})
     assert plugin.answered(hook) is None
     plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1030}})
-    assert plugin.response(hook)["result"] == {"result": "fail", "failure_message": "2002"}
+    assert plugin.response(hook)["result"] == {"result": "fail", "failure_message": "2019"}  # gave up: #836 temporary_trampoline_failure
     assert json.loads(rpc.datastore[("asyncln", "held", PAYMENT_HASH)])["state"] == "failed"
 
 
@@ -225,3 +229,262 @@ def test_replay_with_a_changed_scid_is_recognised(tmp_path):
         assert second.response(hook)["result"]["result"] == "fail"
     finally:
         second.close()
+
+
+# --- issue 6: the Rod, payment codes and notes over stdio ------------------------------------
+
+ROD = OTHER
+ME = node_id(8)  # a real key: a payment code names only points on the curve
+NEW_METHODS = {
+    "asyncln-code": "",
+    "asyncln-fetchinvoice": "code amount_msat [note]",
+    "asyncln-deposit": "[amount_msat] [count] [rod]",
+    "asyncln-listnotes": "",
+}
+
+
+def test_new_methods_are_registered_with_usage(node):
+    plugin, rpc = node
+    manifest, _ = plugin.start(rpc)
+    methods = {m["name"]: m for m in manifest["rpcmethods"]}
+    for name, params in NEW_METHODS.items():
+        usage, _, help_text = methods[name]["usage"].partition("\n")
+        assert usage.strip() == params, name          # what `lightning-cli help` shows first
+        assert len(help_text.strip()) > 20 and methods[name]["description"], name
+    for name, method in methods.items():             # pyln's own arguments never leak out
+        assert not {"plugin", "request"} & set(method["usage"].split("\n")[0].split()), name
+    assert methods["asyncln-pay"]["usage"].startswith(
+        "invstring [trampoline] [maxfee_msat] [max_hold_blocks] [amount_msat] [note]")
+
+
+def test_new_options_are_in_the_manifest(node):
+    plugin, rpc = node
+    manifest, _ = plugin.start(rpc)
+    options = {o["name"]: o for o in manifest["options"]}
+    limits = rod.RodLimits()
+    expected = {name: ("int", getattr(limits, field)) for name, (field, _) in rod.OPTIONS.items()}
+    expected.update({"asyncln-rod-depositors": ("string", "peers"), "asyncln-rod": ("string", ""),
+                     "asyncln-rod-pool": ("int", DEFAULT_POOL),
+                     "asyncln-rod-invoice-expiry": ("int", DEFAULT_INVOICE_EXPIRY)})
+    assert {"asyncln-rod-max-invoices", "asyncln-rod-max-bytes", "asyncln-rod-min-expiry",
+            "asyncln-rod-fetches-per-hour", "asyncln-rod-max-notes"} <= set(expected)
+    for name, (kind, default) in expected.items():
+        assert (options[name]["type"], options[name]["default"]) == (kind, default), name
+        assert len(options[name]["description"]) > 10, name
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"asyncln-rod": "not-a-node"}, "asyncln-rod"),
+    ({"asyncln-rod-pool": -1}, "asyncln-rod-pool"),
+    ({"asyncln-rod-min-expiry": 10}, "asyncln-rod-min-expiry"),
+    ({"asyncln-rod-depositors": "friends"}, "asyncln-rod-depositors"),
+])
+def test_a_bad_rod_option_disables_the_plugin(node, options, named):
+    plugin, rpc = node
+    _, init = plugin.start(rpc, options)
+    assert named in init["result"]["disable"]
+
+
+def test_fetchinvoice_with_a_malformed_code_is_a_bad_code(node):
+    plugin, rpc = started(node)
+    for code in ("aln1qqqq", "lnbcrt1xyz", ""):
+        error = plugin.request("asyncln-fetchinvoice", {"code": code, "amount_msat": 1000})
+        assert error["error"]["code"] == 2135, code
+        assert "not a payment code" in error["error"]["message"]
+    assert rpc.called("checkmessage") == []
+
+
+def signed_code(rod_id=ROD):
+    """B's code, signed with a signature the scripted checkmessage accepts."""
+    return codes.PaymentCode(RECIPIENT, (codes.Rod(rod_id),),
+                             note.note_public_key("5a" * 32), "ybndrfg8").encode()
+
+
+def scripted_b(rpc, bolt11="lnbcrt1fetched", amount_msat=None):
+    """lightningd's answers for a payer that fetches B's invoice from ROD and pays it via PAYER."""
+    decoded = {"type": "bolt11 invoice", "valid": True, "payee": RECIPIENT,
+               "payment_hash": "cd" * 32, "payment_secret": "22" * 32,
+               "created_at": int(time.time()), "expiry": 7 * 86_400,
+               "min_final_cltv_expiry": 18, "description": codes.deposit_description(ROD)}
+    if amount_msat is not None:
+        decoded["amount_msat"] = amount_msat
+
+    def decode(params):
+        if params["string"] != bolt11:
+            raise RpcFailure(-32602, "Invalid bolt11: Bad bech32 string")
+        return decoded
+
+    rpc.handlers.update({
+        "checkmessage": lambda p: {"verified": True, "pubkey": p.get("pubkey")},
+        "listpeers": lambda p: {"peers": [
+            {"id": ROD, "connected": True, "features": ""},
+            {"id": PAYER, "connected": True, "features": feature_hex()}]},
+        "decode": decode,
+        "getroutes": lambda p: {"routes": [{"path": [{
+            "node_id_out": p["destination"], "short_channel_id_dir": "103x1x0/0",
+            "amount_out_msat": p["amount_msat"], "cltv_out": p["final_cltv"]}]}]},
+        "createonion": lambda p: {"onion": "00" * 1366, "shared_secrets": ["33" * 32]},
+        "sendonion": lambda p: {"status": "pending", "payment_hash": p["payment_hash"],
+                                "partid": p["partid"]},
+    })
+    return decoded
+
+
+def sent(rpc, kind):
+    return [(p["node_id"], messages.decode(p["msg"])) for p in rpc.called("sendcustommsg")
+            if isinstance(messages.decode(p["msg"]), kind)]
+
+
+def answer_invoice_request(plugin, rpc, bolt11, sender=ROD):
+    """Wait for the plugin's invoice_request to ROD, then answer it through the custommsg hook."""
+    wait_for(lambda: sent(rpc, messages.InvoiceRequest))
+    [(to, asked)] = sent(rpc, messages.InvoiceRequest)[-1:]
+    assert to == ROD
+    reply = messages.InvoiceResponse(asked.request_id, bolt11=bolt11)
+    hook = plugin.request("custommsg", {"peer_id": sender, "payload": messages.encode(reply)})
+    assert hook["result"] == {"result": "continue"}
+    return asked
+
+
+def test_fetchinvoice_waits_for_the_rod_on_its_own_thread(node):
+    plugin, rpc = started(node)
+    scripted_b(rpc)
+    call = plugin.send("asyncln-fetchinvoice", {"code": signed_code(), "amount_msat": 50_000})
+    wait_for(lambda: sent(rpc, messages.InvoiceRequest))
+    # While it waits for ROD, the plugin answers other calls and hooks.
+    assert plugin.request("asyncln-getinfo", {}, timeout=5)["result"]["version"]
+    plain = htlc_params(PAYMENT_HASH, "0802020102040203e8", 258, 1500)
+    assert plugin.request("htlc_accepted", plain, timeout=5)["result"] == {"result": "continue"}
+    assert plugin.answered(call, wait=0.2) is None
+    asked = answer_invoice_request(plugin, rpc, "lnbcrt1fetched")
+    assert (asked.recipient, asked.amount_msat) == (RECIPIENT, 50_000)
+    result = plugin.response(call)["result"]
+    assert result["bolt11"] == "lnbcrt1fetched" and result["payment_hash"] == "cd" * 32
+    assert (result["rod"], result["recipient"], result["note_sent"]) == (ROD, RECIPIENT, False)
+    assert ("asyncln", "fetched", "cd" * 32) in rpc.datastore
+
+
+def test_fetchinvoice_ignores_an_answer_from_another_peer(node):
+    plugin, rpc = started(node)
+    scripted_b(rpc)
+    call = plugin.send("asyncln-fetchinvoice", {"code": signed_code(), "amount_msat": 50_000})
+    answer_invoice_request(plugin, rpc, "lnbcrt1forged", sender=PAYER)
+    assert plugin.answered(call, wait=0.3) is None          # still waiting for ROD
+    answer_invoice_request(plugin, rpc, "lnbcrt1fetched")
+    assert plugin.response(call)["result"]["bolt11"] == "lnbcrt1fetched"
+
+
+def test_pay_still_pays_an_invoice_on_its_own_thread(node):
+    plugin, rpc = started(node)
+    scripted_b(rpc, amount_msat=50_000)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    result = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})["result"]
+    assert result["status"] == "pending" and result["payment_hash"] == "cd" * 32
+    assert result["trampoline"] == PAYER and result["destination"] == RECIPIENT
+    [onion] = rpc.called("sendonion")
+    assert onion["first_hop"]["id"] == PAYER and onion["payment_hash"] == "cd" * 32
+    listed = plugin.request("asyncln-listpays", {})["result"]["pays"]
+    assert [p["payment_hash"] for p in listed] == ["cd" * 32]
+
+
+def test_pay_a_code_fetches_then_pays_while_hooks_keep_flowing(node):
+    plugin, rpc = started(node)
+    scripted_b(rpc)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    call = plugin.send("asyncln-pay", {"invstring": signed_code(), "amount_msat": 50_000,
+                                       "note": "for order #7"})
+    answer_invoice_request(plugin, rpc, "lnbcrt1fetched")
+    result = plugin.response(call)["result"]
+    assert result["status"] == "pending" and result["amount_msat"] == 50_000
+    assert result["rod"] == ROD and result["note_sent"] is True
+    [(to, sealed)] = sent(rpc, messages.Note)
+    assert to == ROD and sealed.recipient == RECIPIENT and sealed.payment_hash == "cd" * 32
+    assert note.open_note(bytes.fromhex(sealed.sealed), "5a" * 32, "cd" * 32) == "for order #7"
+    assert len(rpc.called("sendonion")) == 1
+
+
+@pytest.mark.parametrize("params, code", [
+    ({"invstring": "aln1qqqq", "amount_msat": 1000}, 2135),          # a malformed code
+    ({"invstring": "lnbcrt1fetched", "note": "hi"}, 2139),          # a note needs a code
+    ({"invstring": "lnbcrt1fetched", "amount_msat": "lots"}, 2113),
+    ({"invstring": "lnbcrt1fetched"}, 2121),                         # no trampoline known
+])
+def test_pay_errors_keep_their_codes_on_its_own_thread(node, params, code):
+    plugin, rpc = started(node)
+    scripted_b(rpc, amount_msat=50_000)
+    rpc.handlers["listpeers"] = lambda p: {"peers": []}
+    error = plugin.request("asyncln-pay", params)["error"]
+    assert error["code"] == code, error
+    assert rpc.called("sendonion") == []
+
+
+def test_pay_a_code_without_amount_is_a_bad_parameter(node):
+    plugin, rpc = started(node)
+    scripted_b(rpc)
+    error = plugin.request("asyncln-pay", {"invstring": signed_code()})["error"]
+    assert error["code"] == 2113 and "amount_msat" in error["message"]
+    assert sent(rpc, messages.InvoiceRequest) == []
+
+
+def recipient_rpc(rpc):
+    """B's lightningd: makes invoices, signs, and knows ROD is connected."""
+    made = []
+
+    def invoice(params):
+        made.append(params)
+        return {"bolt11": f"lnbcrt1b{len(made)}", "payment_hash": f"{len(made):064x}"}
+
+    rpc.handlers.update({
+        "getinfo": lambda p: {"id": ME, "blockheight": rpc.blockheight},
+        "invoice": invoice,
+        "makesecret": lambda p: {"secret": "5a" * 32},
+        "signmessage": lambda p: {"zbase": "ybndrfg8ejkm", "signature": "00", "recid": "00"},
+        "listnodes": lambda p: {"nodes": [{"nodeid": p["id"], "addresses": [
+            {"type": "ipv4", "address": "10.0.0.7", "port": 9735}]}]},
+        "listpeers": lambda p: {"peers": [{"id": ROD, "connected": True,
+                                           "features": feature_hex()}]},
+        "listinvoices": lambda p: {"invoices": [
+            {"label": "asyncln-rod-1", "payment_hash": p.get("payment_hash"),
+             "status": "paid"}]},
+    })
+    return made
+
+
+def test_code_deposit_and_listnotes_as_the_recipient(node):
+    plugin, rpc = node
+    made = recipient_rpc(rpc)
+    plugin.start(rpc, {"asyncln-rod": ROD, "asyncln-rod-pool": 2})
+    out = plugin.request("asyncln-code", {})["result"]
+    paycode = codes.PaymentCode.decode(out["code"])
+    assert paycode.node_id == ME and paycode.rods == (codes.Rod(ROD, ("10.0.0.7:9735",)),)
+    assert paycode.note_key == note.note_public_key("5a" * 32)
+    assert rpc.called("signmessage")[-1]["message"] == paycode.signed_message()
+
+    # At startup B asked ROD for its pool level; ROD answers: B tops up to asyncln-rod-pool.
+    wait_for(lambda: sent(rpc, messages.Deposit))
+    assert sent(rpc, messages.Deposit)[0] == (ROD, messages.Deposit(()))
+    status = messages.PoolStatus(0, 0, 50, 86_400)
+    plugin.request("custommsg", {"peer_id": ROD, "payload": messages.encode(status)})
+    wait_for(lambda: len(sent(rpc, messages.Deposit)) == 2)
+    assert sent(rpc, messages.Deposit)[1] == (ROD, messages.Deposit(("lnbcrt1b1", "lnbcrt1b2")))
+    assert [p["amount_msat"] for p in made] == ["any", "any"]
+
+    result = plugin.request("asyncln-deposit", {"amount_msat": 7000, "count": 1})["result"]
+    assert result == {"rod": ROD, "deposited": 1} and made[-1]["amount_msat"] == 7000
+    error = plugin.request("asyncln-deposit", {"rod": PAYER})["error"]
+    assert error["code"] == 2113
+
+    assert plugin.request("asyncln-listnotes", {})["result"] == {"notes": []}
+    sealed = note.seal("thanks!", paycode.note_key, PAYMENT_HASH).hex()
+    msg = messages.Note(ME, PAYMENT_HASH, sealed)
+    plugin.request("custommsg", {"peer_id": ROD, "payload": messages.encode(msg)})
+    wait_for(lambda: sent(rpc, messages.NoteAck))
+    notes = plugin.request("asyncln-listnotes", {})["result"]["notes"]
+    assert [(n["payment_hash"], n["note"], n["rod"], n["invoice_status"]) for n in notes] == [
+        (PAYMENT_HASH, "thanks!", ROD, "paid")]
+
+
+def test_code_without_a_rod_is_a_bad_parameter(node):
+    plugin, rpc = started(node)
+    error = plugin.request("asyncln-code", {})["error"]
+    assert error["code"] == 2113 and "asyncln-rod" in error["message"]

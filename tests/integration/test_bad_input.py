@@ -46,14 +46,14 @@ def test_bad_onion_records_are_refused(node_factory, plugin_path):
         (stream(102_000, expiry, b"\x02" + good[1:]), 102_000, failures.INVALID_ONION_PAYLOAD),
         (stream(102_000, expiry, good[:-6]), 102_000, failures.INVALID_ONION_PAYLOAD),
         (stream(102_000, expiry, good + bytes([12, 1, 0])), 102_000, failures.INVALID_ONION_PAYLOAD),
-        (stream(100_500, expiry, good), 100_500, failures.TRAMPOLINE_FEE_INSUFFICIENT),
+        (stream(100_500, expiry, good), 100_500, failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT),
         (stream(103_000, expiry, good), 102_000, failures.FINAL_INCORRECT_HTLC_AMOUNT),
         (stream(102_000, expiry + 5, good), 102_000, failures.FINAL_INCORRECT_CLTV_EXPIRY),
     ]
     for payload_hex, amount, code in cases:
         assert send_raw(a, s, payload_hex, amount, delay) == code
     too_soon = FinalPayload(102_000, height + 1 + 20, record_to(b)).encode().hex()
-    assert send_raw(a, s, too_soon, 102_000, 20) == failures.TRAMPOLINE_EXPIRY_TOO_SOON
+    assert send_raw(a, s, too_soon, 102_000, 20) == failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT
 
     assert call(s, "asyncln-listheld")["held"] == []
     assert s.rpc.listdatastore(["asyncln", "held"])["datastore"] == []

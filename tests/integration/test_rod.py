@@ -103,11 +103,13 @@ def test_a_rod_refuses_strangers_foreign_invoices_and_floods(node_factory, plugi
     """Bad deposits and invoice requests get clear refusals and change nothing."""
     (a,), r, b = private_recipient(node_factory, plugin_path,
                                    r_extra={"asyncln-rod-fetches-per-hour": 2})
-    foreign = b.rpc.invoice("any", "foreign", "B's own", expiry=604800)["bolt11"]
-    a.rpc.sendcustommsg(r.info["id"], messages.encode(messages.Deposit((foreign,))))
-    own_short = a.rpc.invoice("any", "short", "too short", expiry=600)["bolt11"]
-    a.rpc.sendcustommsg(r.info["id"], messages.encode(messages.Deposit((own_short,))))
-    r.daemon.wait_for_logs(["refused.*not the depositor's own", "refused.*expires in 600s"])
+    here = f"asyncln-rod:{r.info['id']}"
+    foreign = b.rpc.invoice("any", "foreign", here, expiry=604800)["bolt11"]
+    own_short = a.rpc.invoice("any", "short", here, expiry=600)["bolt11"]
+    elsewhere = a.rpc.invoice("any", "other", "Order #7", expiry=604800)["bolt11"]
+    a.rpc.sendcustommsg(r.info["id"], messages.encode(messages.Deposit(
+        (foreign, own_short, elsewhere))))
+    r.daemon.wait_for_logs(["refused.*not the depositor's own.*expires in 600s.*description"])
     assert depositor(r, a)["level"] == 0 and depositor(r, b)["level"] == POOL
 
     code = call(b, "asyncln-code")["code"]

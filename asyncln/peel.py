@@ -1,0 +1,66 @@
+"""What a holder makes of the asyncln onion (record version 2): a record to hold, or a refusal.
+
+Pure: the shell passes the hook's payload, our asyncln secret key and
+lightningd's height. The holder learns only its layer: the node before it
+(the HTLC's peer) and the node after it; the recipient's payment data only
+when it is the last holder. Every refusal is one of BOLT 4's or bolts
+#836's failure messages, and holds nothing.
+"""
+
+from typing import Optional, Tuple, Union
+
+from . import chain, failures, onion
+from .hold import Incoming, Reject
+from .layer import Layer
+from .policy import Policy
+from .record import TrampolineRecord
+from .wire import DecodeError
+
+Peeled = Tuple[TrampolineRecord, int]  # the record to hold, and the onion's offset in the payload
+
+
+def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, policy: Policy,
+         incoming: Incoming, height: int) -> Optional[Union[Peeled, Reject]]:
+    """None when the payload carries no asyncln onion."""
+    try:
+        found = onion.find_onion(payload)
+    except DecodeError as e:
+        return Reject(failures.invalid_onion_payload(e.tlv_type, e.offset),
+                      f"malformed onion payload: {e}")
+    if found is None:
+        return None
+    offset, packet = found
+    bad = failures.invalid_onion_payload(onion.ONION_TLV, offset)
+    if secret is None:
+        return Reject(bad, "we have no asyncln key (makesecret failed at startup)")
+    try:
+        layer, following = onion.peel(packet, secret, payment_hash)
+    except DecodeError as e:
+        return Reject(bad, f"asyncln onion refused: {e}")
+    if layer.inner_onion is not None:
+        return Reject(failures.unknown_next_trampoline(), "payee-built tails are not supported")
+    if layer.outgoing_node_id == us:
+        return Reject(failures.unknown_next_trampoline(), "the onion loops back to us")
+    if not layer.is_final and following is None:
+        return Reject(bad, "a layer for a next holder, but no onion for it")
+    short = chain.check_leg(policy, incoming.amount_msat, incoming.cltv_expiry, height,
+                            layer.amt_to_forward, layer.outgoing_cltv_delta,
+                            layer.max_hold_blocks or policy.max_hold_blocks)
+    if short is not None:
+        _, terms = short
+        return Reject(failures.trampoline_fee_or_expiry_insufficient(
+            terms["fee_base_msat"], terms["fee_proportional_millionths"],
+            terms["cltv_expiry_delta"]), "the layer leaves too little fee or CLTV")
+    return _record(layer, following), offset
+
+
+def _record(layer: Layer, following: Optional[bytes]) -> TrampolineRecord:
+    """The holder's internal record: deliver to the recipient, or to the next holder."""
+    if layer.is_final:
+        return layer.to_record()
+    return TrampolineRecord(
+        next_node=layer.outgoing_node_id, amount_msat=layer.amt_to_forward,
+        final_cltv_delta=layer.outgoing_cltv_delta, payment_secret="",
+        total_msat=layer.amt_to_forward, please_poll=layer.please_poll,
+        max_hold_blocks=layer.max_hold_blocks, report_to=layer.report_to,
+        next_onion=following.hex())
