@@ -19,8 +19,13 @@ FINAL_INCORRECT_HTLC_AMOUNT = 19
 TEMPORARY_TRAMPOLINE_FAILURE = NODE | 25
 TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT = NODE | 26
 UNKNOWN_NEXT_TRAMPOLINE = PERM | 27
-TRAMPOLINE_FAILURES = (TEMPORARY_TRAMPOLINE_FAILURE, TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT,
-                       UNKNOWN_NEXT_TRAMPOLINE)
+# What each means when a next holder sends it (lightningd does not name them yet).
+TRAMPOLINE_FAILURES = {
+    TEMPORARY_TRAMPOLINE_FAILURE: "the next holder gave up (temporary_trampoline_failure)",
+    TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT:
+        "the next holder wants more fee or CLTV (trampoline_fee_or_expiry_insufficient)",
+    UNKNOWN_NEXT_TRAMPOLINE: "the next holder cannot go on (unknown_next_trampoline)",
+}
 
 
 def temporary_node_failure() -> str:

@@ -448,7 +448,7 @@ class Relay:
         self.lost_since.pop((payment_hash, held.partid), None)
         if holder_failure is not None and held.record.next_onion is not None:
             held = self._put(held, state=HoldState.HELD)
-            return self._fail(held, f"the next holder failed it: {error}", holder_failure)
+            return self._fail(held, error, holder_failure)
         if refused_by == held.record.next_node:
             held = self._put(held, state=HoldState.HELD)
             return self._fail(held, f"recipient refused the payment: {error}")

@@ -103,7 +103,8 @@ class Node:
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
         self._queued: set = set()            # (peer, kind) with a job queued: one each
         self._last_tick = self._last_reconcile = time.monotonic()
-        self.fetched = set(self.store.load("fetched"))  # hashes of invoices a Rod handed us
+        # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
+        self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
         self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
 
@@ -507,11 +508,12 @@ class Node:
         failcode = data.get("failcode", 0)
         permanent = bool(failcode & failures.PERM)
         partid, groupid = data.get("partid", 0), data.get("groupid")
-        holder_failure = None
+        holder_failure, error = None, message
         if failcode in failures.TRAMPOLINE_FAILURES:  # only asyncln holders send these
             holder_failure = data.get("raw_message") or f"{failcode:04x}"
+            error = failures.TRAMPOLINE_FAILURES[failcode]
         with self.lock:
-            actions = self.relay.attempt_failed(payment_hash, partid, message,
+            actions = self.relay.attempt_failed(payment_hash, partid, error,
                                                 data.get("erring_node") if permanent else None,
                                                 holder_failure)
             pay = self.pays.get(payment_hash)
@@ -578,10 +580,10 @@ class Node:
     def connected_peers(self) -> set:
         return {p["id"] for p in self.rpc.call("listpeers")["peers"] if p.get("connected")}
 
-    def remember_fetched(self, payment_hash: str) -> None:
+    def remember_fetched(self, payment_hash: str, rod: str) -> None:
         with self.lock:
-            self.fetched.add(payment_hash)
-        self.store.put("fetched", payment_hash, {"fetched_at": int(time.time())})
+            self.fetched[payment_hash] = rod
+        self.store.put("fetched", payment_hash, {"fetched_at": int(time.time()), "rod": rod})
 
     def asyncln_peers(self) -> List[str]:
         return [p["id"] for p in self.rpc.call("listpeers")["peers"]
@@ -665,7 +667,7 @@ class Node:
             terms = dict(self.terms)
         try:
             result = self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks,
-                               now, bool(clear), fetched and fetched["rod"])
+                               now, bool(clear), self.fetched.get(invoice.payment_hash))
             if fetched:
                 result.update(rod=fetched["rod"], note_sent=fetched["note_sent"])
             return result
@@ -833,6 +835,7 @@ class Node:
                 "version": __version__, "feature_bit": FEATURE_BIT,
                 "blockheight": relay.height, "synced": relay.synced,
                 "important_plugin": self.important,
+                "onion_key": self.announced.onion_key,
                 "options": relay.policy.as_json(),
                 "held": {s.value: sum(h.state == s for h in relay.held.values()) for s in HoldState},
                 "held_msat": relay.active_msat,

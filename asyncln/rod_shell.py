@@ -377,13 +377,13 @@ class RodShell:
             raise AsynclnError(f"the Rod's invoice does not decode: {rpc_message(e)}",
                                Code.INVOICE_MISMATCH)
         with self.node.lock:
-            used = set(self.node.pays) | self.node.fetched
+            used = set(self.node.pays) | set(self.node.fetched)
         if self.node.rpc.call("listsendpays", {"payment_hash": decoded.get("payment_hash", "")}
                               )["payments"]:
             used.add(decoded["payment_hash"])
         invoice = payer.check_fetched(decoded, recipient_id, amount_msat, int(time.time()),
                                       bolt11, used, rod_id=rod_id)
-        self.node.remember_fetched(invoice.payment_hash)
+        self.node.remember_fetched(invoice.payment_hash, rod_id)
         return invoice
 
     def ask(self, peer: str, key: Tuple, msg, timeout: float = ANSWER_SECONDS) -> object:
