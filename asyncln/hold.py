@@ -83,6 +83,7 @@ class HeldPayment:
     next_poll_height: int
     attempts: int = 0          # delivery tries, route searches included
     partid: int = 0            # sendpay partid of the latest outgoing attempt
+    hops: int = 0              # its route's length: the erring_index of the node it ends at
     state: HoldState = HoldState.HELD
     last_error: Optional[str] = None
     preimage: Optional[str] = None
@@ -250,8 +251,8 @@ class Relay:
     # --- events -----------------------------------------------------------
 
     def htlc_accepted(self, payment_hash: str, incoming: Incoming, payload: bytes,
-                      forward_msat: int, outgoing_cltv: int,
-                      tip_height: Optional[int] = None) -> Tuple[Verdict, List[Action]]:
+                      forward_msat: int, outgoing_cltv: int, tip_height: Optional[int] = None,
+                      refusal: Optional[Reject] = None) -> Tuple[Verdict, List[Action]]:
         """A (possibly replayed) htlc_accepted hook call.
 
         ``tip_height`` is lightningd's height when it called the hook
@@ -271,18 +272,26 @@ class Relay:
             return Reject(failures.invalid_onion_payload(RECORD_TYPE, offset),
                           f"malformed asyncln record: {e}"), []
         return self.admit(payment_hash, incoming, record, offset, forward_msat, outgoing_cltv,
-                          tip_height)
+                          tip_height, refusal)
 
     def admit(self, payment_hash: str, incoming: Incoming, record: TrampolineRecord, offset: int,
-              forward_msat: int, outgoing_cltv: int,
-              tip_height: Optional[int] = None) -> Tuple[Verdict, List[Action]]:
+              forward_msat: int, outgoing_cltv: int, tip_height: Optional[int] = None,
+              refusal: Optional[Reject] = None) -> Tuple[Verdict, List[Action]]:
         """An HTLC whose record is read: the clear one (version 1), or one the shell peeled
-        from the asyncln onion (version 2). ``offset`` names it in a refusal."""
+        from the asyncln onion (version 2). ``offset`` names it in a refusal.
+
+        ``refusal`` is the shell's verdict on a new HTLC (too little fee or
+        CLTV for the layer, clear records refused). A replay is answered as
+        before whatever it says: the height has moved on since, and an
+        attempt may be in flight or the preimage known.
+        """
         if tip_height is not None:
             self.height = max(self.height, tip_height)
         existing = self.held.get(payment_hash)
         if existing is not None and not existing.attached and existing.incoming.same_htlc(incoming):
             return self._reattach(existing, incoming)
+        if refusal is not None:
+            return refusal, []
         if not self.policy.relay:
             return Continue(), []
         if existing is not None and (existing.state != HoldState.FAILED or existing.attached
@@ -387,7 +396,8 @@ class Relay:
         problem = self._route_problem(held, route)
         if problem is not None:
             return actions + self._attempt_failed(held, problem)
-        held = self._put(held, state=HoldState.FORWARDING, last_error=None, partid=held.partid + 1)
+        held = self._put(held, state=HoldState.FORWARDING, last_error=None, partid=held.partid + 1,
+                         hops=len(route))
         self.unsent.add((payment_hash, held.partid))
         max_height = (held.incoming.cltv_expiry - self.policy.safety_blocks
                       - route[0]["delay"] - 1)
@@ -431,24 +441,27 @@ class Relay:
 
     def attempt_failed(self, payment_hash: str, partid: Optional[int], error: str,
                        refused_by: Optional[str] = None,
-                       holder_failure: Optional[str] = None) -> List[Action]:
+                       holder_failure: Optional[Tuple[int, str]] = None) -> List[Action]:
         """Outgoing attempt ``partid`` ended without a preimage.
 
         A failure of any other attempt is stale and changes nothing.
         ``refused_by`` names the node that sent a permanent failure; when that
         is the recipient itself (say, an unknown payment secret), waiting for
         it to come back cannot help, so the HTLC is failed back at once.
-        ``holder_failure`` is a trampoline failure (bolts #836) from the next
-        holder: it gave up, or wants more fee or CLTV. We pass it upstream at
-        once, as #836's trampolines do: holding on could not do better.
+        ``holder_failure`` is (erring_index, failure message) of a trampoline
+        failure (bolts #836): when it comes from the next holder itself (the
+        end of the route) it gave up, or wants more fee or CLTV, and we pass
+        it upstream at once, as #836's trampolines do: holding on could not do
+        better. From any other node it is an ordinary failure.
         """
         held = self.held.get(payment_hash)
         if held is None or held.state != HoldState.FORWARDING or (partid or 0) != held.partid:
             return []
         self.lost_since.pop((payment_hash, held.partid), None)
-        if holder_failure is not None and held.record.next_onion is not None:
+        if (holder_failure is not None and held.record.next_onion is not None
+                and holder_failure[0] == held.hops):
             held = self._put(held, state=HoldState.HELD)
-            return self._fail(held, error, holder_failure)
+            return self._fail(held, error, holder_failure[1])
         if refused_by == held.record.next_node:
             held = self._put(held, state=HoldState.HELD)
             return self._fail(held, f"recipient refused the payment: {error}")

@@ -45,6 +45,7 @@ HINT_CAPACITY_MSAT = 16_777_215_000
 PEER_READY_SECONDS = 60    # longest wait for a reconnected peer's channel
 TICK_SECONDS = 0.2         # how often the worker looks at waking peers and an unsynced chain
 RECONCILE_SECONDS = 30     # re-issue what is owed even without a new block
+QUEUED_PER_PEER = 4        # a peer's requests of one kind waiting for the worker
 
 CONTINUE = {"result": "continue"}
 
@@ -101,7 +102,7 @@ class Node:
         self._jobs: deque = deque()
         self._cv = threading.Condition()
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
-        self._queued: set = set()            # (peer, kind) with a job queued: one each
+        self._queued: Dict[tuple, int] = {}  # (peer, kind) -> jobs queued, at most QUEUED_PER_PEER
         self._last_tick = self._last_reconcile = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
         self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
@@ -151,18 +152,23 @@ class Node:
             self._cv.notify()
 
     def submit_once(self, key: tuple, job: Callable[[], None]) -> None:
-        """A peer's request: at most one queued per (peer, kind), however many it sends.
+        """A peer's request: at most QUEUED_PER_PEER queued per (peer, kind), however many it sends.
 
-        A flood then costs one job, not a queue that delays held payments.
+        A flood then costs a few jobs, not a queue that delays held payments;
+        an honest peer's few concurrent requests all get through.
         """
         with self._cv:
-            if key in self._queued:
+            if self._queued.get(key, 0) >= QUEUED_PER_PEER:
+                self.log(f"dropping a {key[1]} request from {key[0]}: too many queued",
+                         level="info")
                 return
-            self._queued.add(key)
+            self._queued[key] = self._queued.get(key, 0) + 1
 
         def once():
             with self._cv:
-                self._queued.discard(key)
+                self._queued[key] -= 1
+                if not self._queued[key]:
+                    del self._queued[key]
             job()
         self.submit(once)
 
@@ -429,16 +435,15 @@ class Node:
             if isinstance(peeled, hold.Reject):
                 verdict, actions = peeled, []
             elif peeled is not None:
-                record, offset = peeled
+                record, offset, refusal = peeled
                 verdict, actions = self.relay.admit(payment_hash, incoming, record, offset,
-                                                    forward_msat, outgoing_cltv, tip)
-            elif not self.relay.policy.accept_clear:
-                verdict, actions = hold.Reject(
-                    failures.invalid_onion_payload(RECORD_TYPE, 0),
-                    "clear records (version 1) are refused: asyncln-accept-clear=false"), []
+                                                    forward_msat, outgoing_cltv, tip, refusal)
             else:
+                refusal = None if self.relay.policy.accept_clear else hold.Reject(
+                    failures.invalid_onion_payload(RECORD_TYPE, 0),
+                    "clear records (version 1) are refused: asyncln-accept-clear=false")
                 verdict, actions = self.relay.htlc_accepted(
-                    payment_hash, incoming, payload, forward_msat, outgoing_cltv, tip)
+                    payment_hash, incoming, payload, forward_msat, outgoing_cltv, tip, refusal)
             match verdict:
                 case hold.Continue():
                     request.set_result(CONTINUE)
@@ -509,8 +514,9 @@ class Node:
         permanent = bool(failcode & failures.PERM)
         partid, groupid = data.get("partid", 0), data.get("groupid")
         holder_failure, error = None, message
-        if failcode in failures.TRAMPOLINE_FAILURES:  # only asyncln holders send these
-            holder_failure = data.get("raw_message") or f"{failcode:04x}"
+        if failcode in failures.TRAMPOLINE_FAILURES:  # asyncln holders send these
+            holder_failure = (data.get("erring_index"),
+                              data.get("raw_message") or f"{failcode:04x}")
             error = failures.TRAMPOLINE_FAILURES[failcode]
         with self.lock:
             actions = self.relay.attempt_failed(payment_hash, partid, error,

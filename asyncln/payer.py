@@ -27,6 +27,10 @@ from .onion import forward_payload
 # CLTV the payer adds for hops between the holding node and the recipient:
 # enough for a few intermediate nodes at CLN's default cltv-delta of 34.
 DOWNSTREAM_CLTV_BUDGET = 144
+# The first holder of a chain waits only for the payee's Rod: a day is plenty.
+FIRST_HOLDER_MAX_HOLD = 144
+# lightningd's default max-locktime-blocks, and askrene's default maxdelay.
+MAX_HTLC_CLTV = 2016
 # BOLT 11's default when the invoice sets no min_final_cltv_expiry.
 DEFAULT_FINAL_CLTV = 18
 # Seconds per block, to turn an invoice's expiry into a number of blocks.
@@ -254,9 +258,21 @@ def chain_layers(invoice: Invoice, first: Tuple[str, Policy], rod: Tuple[str, Po
     budget leaves the holders after it room to work (asyncln/chain.py).
     Returns the layers and S's leg: what S must receive, and with how much CLTV.
     """
-    holds = [min(hold, first[1].max_hold_blocks), min(hold, rod[1].max_hold_blocks)]
+    # One hold budget, split: R (always online) waits for the recipient; S waits only
+    # for R, so it gets a short part. The two together stay within the payer's hold.
+    first_hold = min(max(1, hold // 4), FIRST_HOLDER_MAX_HOLD, first[1].max_hold_blocks)
+    holds = [first_hold, min(max(1, hold - first_hold), rod[1].max_hold_blocks)]
+    routing = [routing_budget_msat // 2, routing_budget_msat // 2]
     legs = chain.plan_chain([first, rod], invoice.amount_msat, invoice.min_final_cltv_expiry,
-                            holds, [routing_budget_msat // 2, routing_budget_msat // 2])
+                            holds, routing)
+    excess = legs[0].cltv_delta_in + chain.LEG_CLTV_BUDGET - MAX_HTLC_CLTV
+    if excess > 0:  # no route may carry more CLTV than lightningd's max-locktime-blocks
+        if holds[1] - excess < 1:
+            raise AsynclnError("a chain of two holders needs more CLTV than an HTLC may carry",
+                               Code.HOLD_TOO_SHORT)
+        holds[1] -= excess
+        legs = chain.plan_chain([first, rod], invoice.amount_msat,
+                                invoice.min_final_cltv_expiry, holds, routing)
     to_rod = Layer(amt_to_forward=legs[1].amount_in_msat,
                    outgoing_cltv_delta=legs[1].cltv_delta_in, outgoing_node_id=rod[0],
                    please_poll=True, max_hold_blocks=holds[0], report_to=report_to)

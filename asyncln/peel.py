@@ -16,7 +16,9 @@ from .policy import Policy
 from .record import TrampolineRecord
 from .wire import DecodeError
 
-Peeled = Tuple[TrampolineRecord, int]  # the record to hold, and the onion's offset in the payload
+# The record to hold, the onion's offset in the payload, and a refusal the relay
+# applies to a new HTLC only (a replay is answered as before: the height moved on).
+Peeled = Tuple[TrampolineRecord, int, Optional[Reject]]
 
 
 def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, policy: Policy,
@@ -46,12 +48,13 @@ def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, po
     short = chain.check_leg(policy, incoming.amount_msat, incoming.cltv_expiry, height,
                             layer.amt_to_forward, layer.outgoing_cltv_delta,
                             layer.max_hold_blocks or policy.max_hold_blocks)
+    refusal = None
     if short is not None:
         _, terms = short
-        return Reject(failures.trampoline_fee_or_expiry_insufficient(
+        refusal = Reject(failures.trampoline_fee_or_expiry_insufficient(
             terms["fee_base_msat"], terms["fee_proportional_millionths"],
             terms["cltv_expiry_delta"]), "the layer leaves too little fee or CLTV")
-    return _record(layer, following), offset
+    return _record(layer, following), offset, refusal
 
 
 def _record(layer: Layer, following: Optional[bytes]) -> TrampolineRecord:

@@ -3,6 +3,7 @@
 Pure functions: the shell makes the invoices (``invoice``) and sends them.
 """
 
+import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Tuple
 
@@ -12,6 +13,7 @@ from .policy import int_options
 from .wire import is_point
 
 # Options of a recipient (B). Rod-side limits live in rod.RodLimits.
+_NODE_ID = re.compile(r"0[23][0-9a-f]{64}")
 DEFAULT_POOL = 20
 DEFAULT_INVOICE_EXPIRY = 7 * 24 * 3600  # a week: as long as a payment may be held
 OPTIONS = {"asyncln-rod-pool": ("pool", 0), "asyncln-rod-invoice-expiry": ("invoice_expiry", 1)}
@@ -35,10 +37,8 @@ def parse_rods(text: str) -> Tuple[Rod, ...]:
     rods = {}
     for entry in filter(None, (part.strip() for part in text.split(","))):
         node_id, _, address = entry.partition("@")
-        try:
-            valid = is_point(bytes.fromhex(node_id))
-        except ValueError:
-            valid = False
+        node_id = node_id.strip().lower()  # as lightningd names peers
+        valid = _NODE_ID.fullmatch(node_id) is not None and is_point(bytes.fromhex(node_id))
         if not valid:
             raise ValueError(f"asyncln-rod: {node_id!r} is not a node id")
         if node_id in rods:
@@ -69,5 +69,7 @@ def wants_query(status: Optional[PoolStatus], asked_at: Optional[int], height: i
     """
     if asked_at is not None and height < asked_at + every:
         return False
+    if status is not None and status.refused and status.max_invoices > 0:
+        return False  # it refused our invoices: minting more cannot help until we reconnect
     return status is None or bool(status.refused) or status.level < min(target,
                                                                          status.max_invoices)

@@ -25,6 +25,8 @@ ANSWER_SECONDS = 30   # longest wait for a Rod's or trampoline's answer
 FETCH_SECONDS = 60    # longest a whole fetch may take, whatever the code lists
 MAX_RODS_TRIED = 3
 MAX_ADDRESSES_TRIED = 4
+# A Rod's answer that another Rod in the code may not give.
+NEXT_ROD_HELPS = (Code.NO_ANSWER, Code.POOL_EMPTY, Code.UNKNOWN_RECIPIENT)
 LIVE_CHANNEL = ("CHANNELD_AWAITING_LOCKIN", "DUALOPEND_AWAITING_LOCKIN", "CHANNELD_NORMAL",
                 "CHANNELD_AWAITING_SPLICE")
 INVOICE_LABEL = "asyncln-rod-"
@@ -286,7 +288,9 @@ class RodShell:
 
     def _announced(self, node_id: str) -> Tuple[str, ...]:
         nodes = self.node.rpc.call("listnodes", {"id": node_id})["nodes"]
-        return tuple(f"{a['address']}:{a['port']}" for n in nodes for a in n.get("addresses", [])
+        return tuple((f"[{a['address']}]:{a['port']}" if a.get("type") == "ipv6"
+                      else f"{a['address']}:{a['port']}")
+                     for n in nodes for a in n.get("addresses", [])
                      if a.get("type") in ("ipv4", "ipv6", "dns", "torv3"))
 
     def rods_json(self) -> list:
@@ -306,7 +310,7 @@ class RodShell:
         paycode = self.verified(code_text)
         if note_text is not None:  # refuse a bad note before a Rod hands out an invoice
             sealed_note(note_text, paycode.note_key, "00" * 32)
-        errors = []
+        errors, last_code = [], Code.NO_ANSWER
         deadline = time.monotonic() + FETCH_SECONDS
         for my_rod in paycode.rods[:MAX_RODS_TRIED]:
             if time.monotonic() >= deadline:
@@ -314,9 +318,10 @@ class RodShell:
             try:
                 bolt11 = self._ask_rod(my_rod, paycode.node_id, amount_msat, deadline)
             except AsynclnError as e:
-                if e.code != Code.NO_ANSWER:
+                if e.code not in NEXT_ROD_HELPS:
                     raise
                 errors.append(str(e))
+                last_code = e.code
                 continue
             invoice = self._check(bolt11, paycode.node_id, amount_msat, my_rod.node_id)
             out = {"bolt11": bolt11, "payment_hash": invoice.payment_hash,
@@ -327,7 +332,7 @@ class RodShell:
                 out["note_sent"] = self.node.send(my_rod.node_id, messages.Note(
                     paycode.node_id, invoice.payment_hash, sealed.hex()))
             return out
-        raise AsynclnError(f"no Rod answered: {'; '.join(errors)}", Code.NO_ANSWER)
+        raise AsynclnError(f"no Rod could serve: {'; '.join(errors)}", last_code)
 
     def verified(self, code_text: str) -> codes.PaymentCode:
         try:

@@ -1188,7 +1188,8 @@ def test_the_payer_cancels_a_held_payment():
     [notify] = of(hold.NotifyPayer, actions)
     assert (notify.payer, notify.state, notify.reason) == (PAYER, HoldState.FAILED,
                                                            hold.CANCELLED_BY_PAYER)
-    assert actions[-1] == fail_back(hold.CANCELLED_BY_PAYER)
+    assert actions[-1] == hold.FailIncoming(PAYMENT_HASH, held.failure_message,
+                                            hold.CANCELLED_BY_PAYER, KEY)
     assert held.failure_message == failures.temporary_trampoline_failure()
 
 
@@ -1255,7 +1256,8 @@ def test_a_cancel_after_a_restart_fails_the_htlc_once_it_is_replayed():
     assert kinds(actions) == ["Persist", "NotifyPayer"]  # lightningd waits on no answer yet
     verdict, replayed = arrive(relay)
     assert isinstance(verdict, hold.Hold)
-    assert replayed[-1] == fail_back(hold.CANCELLED_BY_PAYER)
+    assert replayed[-1] == hold.FailIncoming(
+        PAYMENT_HASH, relay.held[PAYMENT_HASH].failure_message, hold.CANCELLED_BY_PAYER, KEY)
 
 
 def test_a_cancelled_payment_is_never_forwarded():

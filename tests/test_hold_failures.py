@@ -509,7 +509,7 @@ def test_a_failing_persist_for_one_payment_still_resolves_another():
     shell = OneBatch(relay, lambda a: isinstance(a, hold.Persist) and a.payment_hash == x)
     shell.run(batch)
     assert hold.ResolveIncoming(y, PREIMAGES[1].hex(), f"{2:064x}") in shell.done
-    assert hold.FailIncoming(x, "2002", "cancelled by the holding node's operator", f"{1:064x}") in shell.done
+    assert hold.FailIncoming(x, "2019", "cancelled by the holding node's operator", f"{1:064x}") in shell.done
     assert relay.reconcile()[0] == hold.Persist(relay.held[x])  # and x's record is saved again
 
 

@@ -71,11 +71,6 @@ def test_a_bad_id_is_refused_and_named(bad):
         parse_rods(f"{R1},{bad}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parse_rods keeps the id exactly as typed once bytes.fromhex accepts it: upper case or "
-    "stray spaces (bytes.fromhex skips whitespace) give a Rod id that never equals the "
-    "lower-case peer id lightningd reports, so PoolStatus from that Rod is ignored and "
-    "asyncln-deposit sends to a non-existent peer. It should normalise or refuse."))
 @pytest.mark.parametrize("text", [R1.upper(), f"{R1} @rod.example:9735", f"{R1[:2]} {R1[2:]}"])
 def test_a_rod_id_is_kept_as_lightningd_names_peers(text):
     try:
