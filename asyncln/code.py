@@ -10,22 +10,13 @@ This module only builds and parses: the shell signs ``signed_message()`` with
 ``signmessage`` and checks it with ``checkmessage`` against ``node_id``.
 """
 
-from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Tuple
 
 from .wire import DecodeError, decode_tlv_stream, encode_tlv_stream, is_point
 
 CODE_PREFIX = "aln1"
 DEPOSIT_DESCRIPTION = "asyncln-rod:"
-
-
-def deposit_description(rod_id: str) -> str:
-    """Every invoice B deposits names the Rod it is for; A and the Rod both insist on it.
-
-    Without it, a Rod could serve A an invoice B issued to the Rod itself
-    and settle its own bill with A's money.
-    """
-    return DEPOSIT_DESCRIPTION + rod_id
 CODE_VERSION = 1
 MAX_CODE_CHARS = 2000
 SIGNED_PREFIX = "asyncln-code:"
@@ -34,6 +25,7 @@ VERSION = 0
 NODE_ID = 2
 RODS = 4
 NOTE_KEY = 6
+ROD_KEYS = 9   # odd: a payer that ignores it learns a Rod's key from the Rod's own info
 SIGNATURE = 240
 _KNOWN_EVEN = (VERSION, NODE_ID, RODS, NOTE_KEY, SIGNATURE)
 
@@ -48,6 +40,8 @@ class Rod:
 
     node_id: str                     # hex, 33-byte compressed pubkey
     addresses: Tuple[str, ...] = ()  # "host:port" strings, as `connect` takes them
+    onion_key: Optional[str] = None      # its asyncln onion key (record version 2)...
+    onion_key_sig: Optional[str] = None  # ...signed by the Rod's node key (zbase32)
 
 
 @dataclass(frozen=True)
@@ -101,8 +95,28 @@ class PaymentCode:
             rods=rods,
             note_key=_point(fields[NOTE_KEY], "note key", NOTE_KEY),
             signature=_signature(fields[SIGNATURE]),
-            extra_records=tuple((t, v) for t, v in fields.items() if t % 2 == 1),
-        )
+            extra_records=tuple((t, v) for t, v in fields.items() if t % 2 == 1 and t != ROD_KEYS),
+        )._with_rod_keys(fields.get(ROD_KEYS))
+
+    def _with_rod_keys(self, raw: Optional[bytes]) -> "PaymentCode":
+        """Attach each Rod's onion key and signature; only one canonical encoding is accepted."""
+        if raw is None:
+            return self
+        keys, offset = {}, 0
+        while offset < len(raw):
+            if offset + 67 > len(raw) or offset + 67 + raw[offset + 66] > len(raw):
+                raise DecodeError("truncated rod key", ROD_KEYS, offset)
+            rod_id = _point(raw[offset:offset + 33], "rod id", ROD_KEYS)
+            key = _point(raw[offset + 33:offset + 66], "rod onion key", ROD_KEYS)
+            end = offset + 67 + raw[offset + 66]
+            keys[rod_id] = (key, _signature(raw[offset + 67:end]))
+            offset = end
+        rods = tuple(replace(r, onion_key=keys[r.node_id][0], onion_key_sig=keys[r.node_id][1])
+                     if r.node_id in keys else r for r in self.rods)
+        code = replace(self, rods=rods)
+        if _encode_rod_keys(rods) != raw:
+            raise DecodeError("rod keys must follow the rods, once each", ROD_KEYS)
+        return code
 
     def _unsigned_records(self) -> Dict[int, bytes]:
         records = dict(self.extra_records)
@@ -112,7 +126,28 @@ class PaymentCode:
             RODS: _encode_rods(self.rods),
             NOTE_KEY: bytes.fromhex(self.note_key),
         })
+        if any(rod.onion_key for rod in self.rods):
+            records[ROD_KEYS] = _encode_rod_keys(self.rods)
         return records
+
+
+def deposit_description(rod_id: str) -> str:
+    """Every invoice B deposits names the Rod it is for; A and the Rod both insist on it.
+
+    Without it, a Rod could serve A an invoice B issued to the Rod itself
+    and settle its own bill with A's money.
+    """
+    return DEPOSIT_DESCRIPTION + rod_id
+
+
+def _encode_rod_keys(rods: Tuple[Rod, ...]) -> bytes:
+    """Per Rod with a key, in the Rods' order: id, onion key, signature length, signature."""
+    out = bytearray()
+    for rod in rods:
+        if rod.onion_key:
+            sig = (rod.onion_key_sig or "").encode("ascii")
+            out += bytes.fromhex(rod.node_id) + bytes.fromhex(rod.onion_key) + bytes([len(sig)]) + sig
+    return bytes(out)
 
 
 def _encode_rods(rods: Tuple[Rod, ...]) -> bytes:

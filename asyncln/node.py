@@ -701,6 +701,8 @@ class Node:
         report_to = self.node_id if len(path) == 1 else None
         version = 1 if clear or not info.onion_key else 2
         rod_terms = terms.get(rod) if rod and rod != trampoline and version == 2 else None
+        if rod_terms is not None and not rod_terms.onion_key and rod in self.rods.rod_keys:
+            rod_terms = replace(rod_terms, onion_key=self.rods.rod_keys[rod])  # from its code
         packet = None
         if rod_terms is not None and rod_terms.onion_key and rod_terms.relay:
             # A chain: S (ours) holds for R (the payee's Rod), R holds for the recipient.

@@ -11,12 +11,13 @@ import os
 import queue
 import threading
 import time
+from dataclasses import replace
 from typing import Dict, List, Optional, Tuple
 
 from pyln.client import RpcError
 
 from . import code as codes
-from . import messages, note, payer, recipient, rod
+from . import messages, note, onion, payer, recipient, rod
 from .errors import AsynclnError, Code
 from .lightningd import rpc_message
 from .recipient import RecipientConfig
@@ -44,6 +45,7 @@ class RodShell:
         self._slots: Dict[Tuple, Tuple[str, queue.Queue]] = {}  # what we wait for -> (peer, slot)
         self._slots_lock = threading.Lock()
         self._note_secret: Optional[str] = None
+        self.rod_keys: Dict[str, str] = {}  # Rod -> onion key, vouched for by the Rod (from codes)
 
     # --- messages (hook thread: no I/O here, hand work to the worker) -----------
 
@@ -271,7 +273,12 @@ class RodShell:
         if not self.my_rods:
             raise AsynclnError("no Rod configured: set asyncln-rod=<node id>[@host:port]",
                                Code.BAD_PARAMETER)
-        rods = tuple(r if r.addresses else codes.Rod(r.node_id, self._announced(r.node_id))
+        with self.node.lock:
+            terms = dict(self.node.terms)
+        rods = tuple(replace(r, addresses=r.addresses or self._announced(r.node_id),
+                             onion_key=terms[r.node_id].onion_key if r.node_id in terms else None,
+                             onion_key_sig=terms[r.node_id].onion_key_sig
+                             if r.node_id in terms else None)
                      for r in self.config.rods)
         unsigned = codes.PaymentCode(self.node.node_id, rods,
                                      note.note_public_key(self.note_secret()))
@@ -284,7 +291,8 @@ class RodShell:
                                Code.BAD_PARAMETER)
         return {"code": text,
                 "node_id": self.node.node_id, "note_key": unsigned.note_key,
-                "rods": [{"id": r.node_id, "addresses": list(r.addresses)} for r in rods]}
+                "rods": [{"id": r.node_id, "addresses": list(r.addresses),
+                          **({"onion_key": r.onion_key} if r.onion_key else {})} for r in rods]}
 
     def _announced(self, node_id: str) -> Tuple[str, ...]:
         nodes = self.node.rpc.call("listnodes", {"id": node_id})["nodes"]
@@ -348,7 +356,21 @@ class RodShell:
                                Code.BAD_CODE)
         if not checked.get("verified"):
             raise AsynclnError("the code is not signed by the node it names", Code.BAD_CODE)
+        for rod_named in paycode.rods:
+            if rod_named.onion_key and self._vouched(rod_named):
+                with self.node.lock:
+                    self.rod_keys[rod_named.node_id] = rod_named.onion_key
         return paycode
+
+    def _vouched(self, rod_named: codes.Rod) -> bool:
+        """The Rod's own node key signed its onion key: B's signature alone is not enough."""
+        try:
+            return bool(self.node.rpc.call("checkmessage", {
+                "message": onion.key_statement(rod_named.onion_key),
+                "zbase": rod_named.onion_key_sig or "", "pubkey": rod_named.node_id}
+            ).get("verified"))
+        except RpcError:
+            return False
 
     def _ask_rod(self, my_rod: codes.Rod, recipient_id: str, amount_msat: int,
                  deadline: float) -> str:

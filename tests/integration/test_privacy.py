@@ -58,8 +58,9 @@ def test_a_chain_of_holders_each_learning_only_its_neighbours(node_factory, bitc
                                                               plugin_path):
     """Items 1 and 2: A -> S (payer's) -> R (payee's Rod) -> B; R, then B, offline in turn."""
     (a, s), r, b = private_recipient(node_factory, plugin_path, n_before=2)
-    code = call(b, "asyncln-code")["code"]
-    fetched = call(a, "asyncln-fetchinvoice", code=code, amount_msat=50_000)
+    mine = call(b, "asyncln-code")
+    assert mine["rods"][0]["onion_key"] == onion_key(r)  # R's key, signed by R, in B's code
+    fetched = call(a, "asyncln-fetchinvoice", code=mine["code"], amount_msat=50_000)
     wait_for(lambda: any(t["id"] == r.info["id"] for t in call(a, "asyncln-getinfo")["trampolines"]))
     b.stop()
     r.stop()
