@@ -200,9 +200,9 @@ def asyncln_fetchinvoice(plugin, code, amount_msat, note=None):
 
 
 @rpc("asyncln-code")
-def asyncln_code(plugin):
-    """My payment code: my node id, my Rods and my note key, signed; share it once."""
-    return NODE.rods.code()
+def asyncln_code(plugin, private=False):
+    """My payment code: my node id (or, private=true, only a payee key), my Rods and my note key, signed."""
+    return NODE.rods.code(str(private).lower() in ("true", "1"))
 
 
 @rpc("asyncln-deposit", waits=True)

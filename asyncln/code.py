@@ -25,9 +25,10 @@ VERSION = 0
 NODE_ID = 2
 RODS = 4
 NOTE_KEY = 6
+PAYEE_KEY = 8  # even: instead of the node id, for a recipient hidden from its payers
 ROD_KEYS = 9   # odd: a payer that ignores it learns a Rod's key from the Rod's own info
 SIGNATURE = 240
-_KNOWN_EVEN = (VERSION, NODE_ID, RODS, NOTE_KEY, SIGNATURE)
+_KNOWN_EVEN = (VERSION, NODE_ID, RODS, NOTE_KEY, PAYEE_KEY, SIGNATURE)
 
 _BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _BECH32_VALUES = {c: i for i, c in enumerate(_BECH32)}
@@ -48,13 +49,16 @@ class Rod:
 class PaymentCode:
     """What a payer needs to reach B while B is offline."""
 
-    node_id: str                # B, hex
+    node_id: Optional[str]      # B, hex; None in a private code, which names payee_key instead
     rods: Tuple[Rod, ...]       # at least one
     note_key: str               # hex 33-byte pubkey for notes (see note.py)
-    signature: str = ""         # zbase32 from signmessage over signed_message()
+    # zbase32 from signmessage over signed_message(); in a private code, hex DER
+    # by the payee key (asyncln/payee.py)
+    signature: str = ""
     # Odd records below 240 from a newer writer: ignored, but kept because the
     # signature covers them and signed_message() must reproduce what B signed.
     extra_records: Tuple[Tuple[int, bytes], ...] = ()
+    payee_key: Optional[str] = None  # hex: B's makesecret key, so payers never learn B's node id
 
     def signed_message(self) -> str:
         """The text B signs: every record below the signature, exactly as encoded."""
@@ -80,22 +84,25 @@ class PaymentCode:
         if data[2] != CODE_VERSION:
             raise DecodeError(f"unknown payment code version {data[2]}", VERSION)
         fields = decode_tlv_stream(data, _KNOWN_EVEN)
-        for required, name in ((NODE_ID, "node id"), (RODS, "rods"), (NOTE_KEY, "note key"),
-                               (SIGNATURE, "signature")):
+        for required, name in ((RODS, "rods"), (NOTE_KEY, "note key"), (SIGNATURE, "signature")):
             if required not in fields:
                 raise DecodeError(f"payment code lacks its {name}", required)
+        if (NODE_ID in fields) == (PAYEE_KEY in fields):
+            raise DecodeError("payment code needs exactly one of node id and payee key", NODE_ID)
         if max(fields) > SIGNATURE:
             raise DecodeError("payment code has a record after its signature", max(fields))
-        node = _point(fields[NODE_ID], "node id", NODE_ID)
+        node = _point(fields[NODE_ID], "node id", NODE_ID) if NODE_ID in fields else None
+        payee = _point(fields[PAYEE_KEY], "payee key", PAYEE_KEY) if PAYEE_KEY in fields else None
         rods = _decode_rods(fields[RODS])
-        if any(rod.node_id == node for rod in rods):
+        if node is not None and any(rod.node_id == node for rod in rods):
             raise DecodeError("a rod cannot be the recipient itself", RODS)
         return cls(
             node_id=node,
             rods=rods,
             note_key=_point(fields[NOTE_KEY], "note key", NOTE_KEY),
-            signature=_signature(fields[SIGNATURE]),
+            signature=_signature(fields[SIGNATURE]) if node else _hex_signature(fields[SIGNATURE]),
             extra_records=tuple((t, v) for t, v in fields.items() if t % 2 == 1 and t != ROD_KEYS),
+            payee_key=payee,
         )._with_rod_keys(fields.get(ROD_KEYS))
 
     def _with_rod_keys(self, raw: Optional[bytes]) -> "PaymentCode":
@@ -122,10 +129,13 @@ class PaymentCode:
         records = dict(self.extra_records)
         records.update({
             VERSION: bytes([CODE_VERSION]),
-            NODE_ID: bytes.fromhex(self.node_id),
             RODS: _encode_rods(self.rods),
             NOTE_KEY: bytes.fromhex(self.note_key),
         })
+        if self.node_id is not None:
+            records[NODE_ID] = bytes.fromhex(self.node_id)
+        if self.payee_key is not None:
+            records[PAYEE_KEY] = bytes.fromhex(self.payee_key)
         if any(rod.onion_key for rod in self.rods):
             records[ROD_KEYS] = _encode_rod_keys(self.rods)
         return records
@@ -193,6 +203,18 @@ def _address(raw: bytes, offset: int) -> str:
     if not address or not address.isprintable():
         raise DecodeError("rod address is empty or not printable", RODS, offset)
     return address
+
+
+def _hex_signature(raw: bytes) -> str:
+    """A private code's signature: a DER signature by the payee key, as hex."""
+    try:
+        text = raw.decode("ascii")
+        bytes.fromhex(text)
+    except ValueError:
+        raise DecodeError("signature is not hex", SIGNATURE) from None
+    if not 16 <= len(text) <= 160 or text != text.lower():
+        raise DecodeError("signature is not a DER signature in lower-case hex", SIGNATURE)
+    return text
 
 
 def _point(raw: bytes, name: str, tlv_type: int) -> str:

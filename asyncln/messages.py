@@ -44,6 +44,7 @@ MAX_MESSAGE_BYTES = 65535  # type included: BOLT 8 frames a message with a u16 l
 MAX_DEPOSIT_BATCH = 32
 MAX_BOLT11_CHARS = 2048
 MAX_REASON_BYTES = 200
+MAX_OFFER_BYTES = 600      # a private offer: hash, expiry, CLTV, signature and a 366-byte tail
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class Deposit:
     """
 
     invoices: Tuple[str, ...]
+    # Private offers (asyncln/payee.py), hex, one per invoice when present, and
+    # the payee key payers will name: for payers who must not learn B's node id.
+    offers: Tuple[str, ...] = ()
+    payee_key: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,9 @@ class InvoiceRequest:
     """A payer asks a Rod for one of B's invoices; request_id pairs the answer with it."""
 
     request_id: str            # hex, 8 bytes
-    recipient: str             # hex node id of B
+    recipient: str             # hex node id of B, or its payee key when ``private``
     amount_msat: int
+    private: bool = False      # a private offer, not B's invoice (which names B)
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class InvoiceResponse:
     bolt11: Optional[str] = None
     error_code: Optional[int] = None
     error: str = ""
+    offer: Optional[str] = None  # hex private offer, in answer to a private request
 
 
 @dataclass(frozen=True)
@@ -266,8 +273,8 @@ def _unpack_flag(raw: bytes) -> bool:
 
 def _one_outcome(values: Dict[str, Any]) -> None:
     """The payer acts on exactly one of them: an answer with both or neither is ambiguous."""
-    if (values["bolt11"] is None) == (values["error_code"] is None):
-        raise DecodeError("invoice_response needs exactly one of bolt11 and error_code")
+    if [values["bolt11"], values["error_code"], values["offer"]].count(None) != 2:
+        raise DecodeError("invoice_response needs exactly one of bolt11, offer and error_code")
 
 
 _TU64 = _tu(8)
@@ -308,6 +315,9 @@ _SPECS = {spec.msg_type: spec for spec in (
     _Spec(ONLINE, Online, ()),
     _Spec(DEPOSIT, Deposit, (
         _Field(2, "invoices", _list(_BOLT11, MAX_DEPOSIT_BATCH)),
+        # Odd: a Rod that ignores them still serves the invoices.
+        _Field(3, "offers", _list(_hex(1, MAX_OFFER_BYTES), MAX_DEPOSIT_BATCH), ()),
+        _Field(5, "payee_key", _POINT, None),
     )),
     _Spec(POOL_STATUS, PoolStatus, (
         _Field(1, "refused", _list(_REASON, MAX_DEPOSIT_BATCH), ()),
@@ -320,12 +330,15 @@ _SPECS = {spec.msg_type: spec for spec in (
         _Field(2, "request_id", _REQUEST_ID),
         _Field(4, "recipient", _POINT),
         _Field(6, "amount_msat", _tu(8, least=1)),
+        # Odd: a Rod without private offers answers as for any unknown recipient.
+        _Field(7, "private", _FLAG, False),
     )),
     _Spec(INVOICE_RESPONSE, InvoiceResponse, (
         _Field(1, "error", _REASON, ""),
         _Field(2, "request_id", _REQUEST_ID),
         _Field(4, "bolt11", _BOLT11, None),
         _Field(6, "error_code", _tu(2), None),
+        _Field(7, "offer", _hex(1, MAX_OFFER_BYTES), None),
     ), _one_outcome),
     _Spec(NOTE, Note, (
         _Field(2, "recipient", _POINT),
@@ -357,7 +370,7 @@ def encode(msg: Message) -> str:
     records = {_VERSION: bytes([VERSION])}
     for field in spec.fields:
         value = getattr(msg, field.name)
-        raw = None if value is None else field.kind.pack(value)
+        raw = None if value is None or value == () == field.default else field.kind.pack(value)
         if raw is not None:
             records[field.tlv] = raw
     data = spec.msg_type.to_bytes(2, "big") + encode_tlv_stream(records)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional, assert_never
 
 from pyln.client import RpcError
 
-from . import __version__, failures, hold, messages, onion, payer, peel, rod
+from . import __version__, failures, hold, messages, onion, payee, payer, peel, rod
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT, has_feature
 from .lightningd import (
@@ -654,16 +654,22 @@ class Node:
             if amount is None:
                 raise AsynclnError("paying a code needs amount_msat", Code.BAD_PARAMETER)
             fetched = self.rods.fetch(invstring, amount, note)
-            invstring = fetched["bolt11"]
+            invstring = fetched.get("bolt11", "")
         elif note is not None:
             raise AsynclnError("a note needs a payment code (it is encrypted to the code's key)",
                                Code.NOTE_REFUSED)
-        try:
-            decoded = self.rpc.call("decode", {"string": invstring})
-        except RpcError as e:
-            raise AsynclnError(f"cannot decode invstring: {rpc_message(e)}", Code.INVOICE_UNUSABLE)
         now = int(time.time())
-        invoice = payer.check_invoice(decoded, now, invstring, amount)
+        offer = None
+        if fetched and "offer" in fetched:  # a private code: we never learn the recipient
+            offer = payee.PrivateOffer.decode(bytes.fromhex(fetched["offer"]))
+            invoice = payer.private_invoice(offer, fetched["payee_key"], amount)
+        else:
+            try:
+                decoded = self.rpc.call("decode", {"string": invstring})
+            except RpcError as e:
+                raise AsynclnError(f"cannot decode invstring: {rpc_message(e)}",
+                                   Code.INVOICE_UNUSABLE)
+            invoice = payer.check_invoice(decoded, now, invstring, amount)
         with self.lock:
             existing = self.pays.get(invoice.payment_hash)
             payer.may_pay_again(existing)
@@ -673,7 +679,7 @@ class Node:
             terms = dict(self.terms)
         try:
             result = self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks,
-                               now, bool(clear), self.fetched.get(invoice.payment_hash))
+                               now, bool(clear), self.fetched.get(invoice.payment_hash), offer)
             if fetched:
                 result.update(rod=fetched["rod"], note_sent=fetched["note_sent"])
             return result
@@ -682,7 +688,7 @@ class Node:
                 self.paying.discard(invoice.payment_hash)
 
     def _pay(self, invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now,
-             clear=False, rod=None) -> dict:
+             clear=False, rod=None, offer=None) -> dict:
         maxfee = payer.default_maxfee(invoice.amount_msat) if maxfee_msat is None else _int(maxfee_msat, "maxfee_msat")
         try:
             trampoline, info = payer.choose_trampoline(
@@ -700,6 +706,10 @@ class Node:
         # Reports only reach a connected peer: ask for them only when S is ours.
         report_to = self.node_id if len(path) == 1 else None
         version = 1 if clear or not info.onion_key else 2
+        if offer is not None and version != 2:
+            raise AsynclnError("a private offer needs a holder that takes asyncln onions",
+                               Code.NO_TRAMPOLINE)
+        tail = offer.tail if offer is not None else None
         rod_terms = terms.get(rod) if rod and rod != trampoline and version == 2 else None
         if rod_terms is not None and not rod_terms.onion_key and rod in self.rods.rod_keys:
             rod_terms = replace(rod_terms, onion_key=self.rods.rod_keys[rod])  # from its code
@@ -712,7 +722,7 @@ class Node:
                 raise AsynclnError(f"maxfee_msat {maxfee} does not cover both holders' fees",
                                    Code.MAXFEE_TOO_LOW)
             layers, leg = payer.chain_layers(invoice, (trampoline, info), (rod, rod_terms),
-                                             hold_for, budget, report_to)
+                                             hold_for, budget, report_to, tail)
             path = self.route_to(trampoline, leg.amount_in_msat, maxfee, leg.cltv_delta_in)
             packet, _ = onion.build([(info.onion_key, layers[0]), (rod_terms.onion_key, layers[1])],
                                     invoice.payment_hash)
@@ -720,10 +730,13 @@ class Node:
             amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info)
             if amount != path[-1]["amount_out_msat"]:
                 path = self.route_to(trampoline, amount, maxfee, final_cltv)
+            if tail is not None and trampoline != rod:
+                raise AsynclnError("pay a private offer through its Rod, or through a holder "
+                                   "that knows the Rod's terms", Code.NO_TRAMPOLINE)
             if version == 2:
-                packet, _ = onion.build([(info.onion_key,
-                                          payer.final_layer(invoice, hold_for, report_to))],
-                                        invoice.payment_hash)
+                last = (payer.final_layer(invoice, hold_for, report_to) if tail is None
+                        else payer.tail_layer(invoice, hold_for, tail, report_to))
+                packet, _ = onion.build([(info.onion_key, last)], invoice.payment_hash)
         height = self.rpc.getinfo()["blockheight"]
         hops, first_hop, cltv_expiry = payer.plan(invoice, path, height, hold_for, report_to,
                                                  maxfee_msat=maxfee, packet=packet)
@@ -736,18 +749,21 @@ class Node:
                       cltv_expiry=cltv_expiry, max_hold_blocks=hold_for, created_at=now,
                       trampoline_index=len(hops), partid=partid, groupid=groupid,
                       report=report_to is not None, version=version,
-                      rod=rod if rod_terms is not None else None)
+                      rod=rod if rod_terms is not None or tail is not None else None,
+                      payee_signature=offer.signature if offer is not None else None,
+                      offer_expires_at=offer.expires_at if offer is not None else None)
         pay = payer.restart(existing, **fields) if existing else payer.Pay(**fields)
         self.save_pay(pay)
         try:
             # No total_amount_msat: lightningd then lets a retry join the group of
             # a part a crash left pending with no HTLC (CLN-FACTS, #3916).
+            named = {} if tail is not None else {  # a private offer names no recipient
+                "bolt11": invoice.bolt11, "destination": invoice.destination}
             self.rpc.call("sendonion", {
                 "onion": made["onion"], "first_hop": first_hop,
                 "payment_hash": invoice.payment_hash, "shared_secrets": made["shared_secrets"],
-                "partid": partid, "groupid": groupid,
-                "label": "asyncln-pay", "bolt11": invoice.bolt11,
-                "amount_msat": invoice.amount_msat, "destination": invoice.destination})
+                "partid": partid, "groupid": groupid, "label": "asyncln-pay",
+                "amount_msat": invoice.amount_msat, **named})
         except RpcError as e:
             failed = payer.on_failure(pay, partid, groupid, None, None, rpc_message(e))
             if failed:

@@ -27,6 +27,9 @@ ONION_TLV = RECORD_TYPE + 2   # 66103: odd, as lightningd hands unknown odd fina
 ONION_KEY_LABEL = "asyncln-onion-key"
 PAYLOAD_SIZE = 650            # room for two layers and a route hint inside lightningd's 1300 bytes
 PACKET_SIZE = 1 + 33 + PAYLOAD_SIZE + sphinx.HMAC_LEN
+# A payee-built tail rides inside the payer's layer for the Rod: it must be smaller.
+TAIL_PAYLOAD_SIZE = 300
+TAIL_PACKET_SIZE = 1 + 33 + TAIL_PAYLOAD_SIZE + sphinx.HMAC_LEN
 
 
 def secret_key(makesecret_hex: str) -> bytes:
@@ -44,7 +47,8 @@ def key_statement(onion_key: str) -> str:
 
 
 def build(holders: Sequence[Tuple[str, Layer]], payment_hash: str,
-          session_key: Optional[bytes] = None) -> Tuple[bytes, List[bytes]]:
+          session_key: Optional[bytes] = None,
+          size: int = PAYLOAD_SIZE) -> Tuple[bytes, List[bytes]]:
     """The onion for ``holders`` [(asyncln key, layer)], bound to the payment hash.
 
     ValueError when the layers do not fit in PAYLOAD_SIZE.
@@ -54,18 +58,18 @@ def build(holders: Sequence[Tuple[str, Layer]], payment_hash: str,
         stream = layer.encode()
         hops.append((bytes.fromhex(key), encode_bigsize(len(stream)) + stream))
     packet, secrets = sphinx.create_onion(session_key or os.urandom(32), hops,
-                                          bytes.fromhex(payment_hash), PAYLOAD_SIZE)
+                                          bytes.fromhex(payment_hash), size)
     return packet.serialize(), secrets
 
 
-def peel(raw: bytes, secret: bytes, payment_hash: str) -> Tuple[Layer, Optional[bytes]]:
+def peel(raw: bytes, secret: bytes, payment_hash: str,
+         size: int = PAYLOAD_SIZE) -> Tuple[Layer, Optional[bytes]]:
     """Our layer and the packet for the next holder (None when we are the last one).
 
     DecodeError (OnionError included) for anything that is not a well-formed
     layer addressed to us.
     """
-    peeled = sphinx.peel(sphinx.Packet.parse(raw, PAYLOAD_SIZE), secret,
-                         bytes.fromhex(payment_hash))
+    peeled = sphinx.peel(sphinx.Packet.parse(raw, size), secret, bytes.fromhex(payment_hash))
     layer = Layer.decode(peeled.payload)
     following = peeled.next_packet.serialize() if peeled.next_packet else None
     return layer, following

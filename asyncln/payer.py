@@ -62,6 +62,10 @@ class Pay:
     report: bool = False            # we asked the trampoline for PAYMENT_STATUS (report_to)
     version: int = 1                # 1: clear record; 2: asyncln onion
     rod: Optional[str] = None       # the payee's Rod, when S holds for it (a chain of holders)
+    # A private offer's proof of payment, with the preimage: the payee key's signature
+    # over payee.statement(payment_hash, offer_expires_at, rod). destination is the payee key.
+    payee_signature: Optional[str] = None
+    offer_expires_at: Optional[int] = None
 
     def to_json(self) -> dict:
         return {**asdict(self), "status": self.status.value}
@@ -249,9 +253,25 @@ def final_layer(invoice: Invoice, hold: int, report_to: Optional[str] = None) ->
                  route_hints=invoice.route_hints, report_to=report_to)
 
 
+def private_invoice(offer, payee_key: str, amount_msat: Optional[int]) -> Invoice:
+    """A private offer as the payer's Invoice: no bolt11, no secret, the payee key for a name."""
+    if amount_msat is None:
+        raise AsynclnError("a private offer needs amount_msat", Code.BAD_PARAMETER)
+    return Invoice("", offer.payment_hash, "", payee_key, amount_msat, offer.min_final_cltv,
+                   offer.expires_at)
+
+
+def tail_layer(invoice: Invoice, hold: int, tail: bytes,
+               report_to: Optional[str] = None) -> Layer:
+    """Our layer for the payee's Rod: the amount and hold, and the payee's sealed tail."""
+    return Layer(amt_to_forward=invoice.amount_msat,
+                 outgoing_cltv_delta=invoice.min_final_cltv_expiry, outgoing_node_id=None,
+                 please_poll=True, max_hold_blocks=hold, report_to=report_to, inner_onion=tail)
+
+
 def chain_layers(invoice: Invoice, first: Tuple[str, Policy], rod: Tuple[str, Policy],
-                 hold: int, routing_budget_msat: int,
-                 report_to: Optional[str]) -> Tuple[List[Layer], chain.Leg]:
+                 hold: int, routing_budget_msat: int, report_to: Optional[str],
+                 tail: Optional[bytes] = None) -> Tuple[List[Layer], chain.Leg]:
     """Layers for S (the payer's holder), then R (the payee's Rod), then the recipient.
 
     S learns only R; R learns the recipient. Each holder's CLTV and fee
@@ -276,7 +296,8 @@ def chain_layers(invoice: Invoice, first: Tuple[str, Policy], rod: Tuple[str, Po
     to_rod = Layer(amt_to_forward=legs[1].amount_in_msat,
                    outgoing_cltv_delta=legs[1].cltv_delta_in, outgoing_node_id=rod[0],
                    please_poll=True, max_hold_blocks=holds[0], report_to=report_to)
-    return [to_rod, final_layer(invoice, holds[1])], legs[0]
+    last = final_layer(invoice, holds[1]) if tail is None else tail_layer(invoice, holds[1], tail)
+    return [to_rod, last], legs[0]
 
 
 def plan(invoice: Invoice, path: List[dict], height: int, hold: int,

@@ -7,6 +7,7 @@ when it is the last holder. Every refusal is one of BOLT 4's or bolts
 #836's failure messages, and holds nothing.
 """
 
+from dataclasses import replace
 from typing import Optional, Tuple, Union
 
 from . import chain, failures, onion
@@ -40,7 +41,12 @@ def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, po
     except DecodeError as e:
         return Reject(bad, f"asyncln onion refused: {e}")
     if layer.inner_onion is not None:
-        return Reject(failures.unknown_next_trampoline(), "payee-built tails are not supported")
+        try:
+            layer = _with_tail(layer, onion.peel(layer.inner_onion, secret, payment_hash,
+                                                 onion.TAIL_PAYLOAD_SIZE))
+        except DecodeError as e:
+            return Reject(bad, f"the payee's tail is refused: {e}")
+        following = None
     if layer.outgoing_node_id == us:
         return Reject(failures.unknown_next_trampoline(), "the onion loops back to us")
     if not layer.is_final and following is None:
@@ -55,6 +61,21 @@ def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, po
             terms["fee_base_msat"], terms["fee_proportional_millionths"],
             terms["cltv_expiry_delta"]), "the layer leaves too little fee or CLTV")
     return _record(layer, following), offset, refusal
+
+
+def _with_tail(outer: Layer, peeled: Tuple[Layer, Optional[bytes]]) -> Layer:
+    """The payer's layer for us, completed by the tail the payee built for us (its Rod).
+
+    The payee names itself and its payment data; the payer sets the amount
+    and how long we hold. The tail must be the last layer and final.
+    """
+    tail, after = peeled
+    if after is not None or not tail.is_final:
+        raise DecodeError("a payee's tail must be the final layer", onion.ONION_TLV)
+    return replace(tail, amt_to_forward=outer.amt_to_forward, total_msat=outer.amt_to_forward,
+                   outgoing_cltv_delta=max(tail.outgoing_cltv_delta, outer.outgoing_cltv_delta),
+                   please_poll=outer.please_poll, max_hold_blocks=outer.max_hold_blocks,
+                   report_to=outer.report_to)
 
 
 def _record(layer: Layer, following: Optional[bytes]) -> TrampolineRecord:

@@ -105,6 +105,7 @@ class Deposited:
     bolt11: str
     amount_msat: Optional[int]        # None: amountless
     expires_at: int                   # unix seconds
+    offer: Optional[str] = None       # hex private offer for the same payment (asyncln/payee.py)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class Pool:
     invoices: Tuple[Deposited, ...] = ()
     served: Mapping[str, Served] = field(default_factory=dict)  # payment_hash -> Served
     notes: Mapping[str, str] = field(default_factory=dict)      # payment_hash -> sealed note hex
+    payee_key: Optional[str] = None   # the depositor's key in private codes: private requests name it
 
     def __post_init__(self):
         object.__setattr__(self, "invoices", tuple(self.invoices))
@@ -153,13 +155,13 @@ class Pool:
     def to_json(self) -> dict:
         return {"invoices": [asdict(invoice) for invoice in self.invoices],
                 "served": {h: asdict(served) for h, served in self.served.items()},
-                "notes": dict(self.notes)}
+                "notes": dict(self.notes), "payee_key": self.payee_key}
 
     @classmethod
     def from_json(cls, data: dict) -> "Pool":
         return cls(tuple(Deposited(**invoice) for invoice in data["invoices"]),
                    {h: Served(**served) for h, served in data["served"].items()},
-                   data["notes"])
+                   data["notes"], data.get("payee_key"))
 
 
 @dataclass(frozen=True)
@@ -243,15 +245,16 @@ def _too_soon(expires_at: int, now: float, limits: RodLimits) -> Optional[str]:
     return None
 
 
-def _choose(invoices: Sequence[Deposited], amount_msat: int,
-            now: float) -> Optional[Deposited]:
+def _choose(invoices: Sequence[Deposited], amount_msat: int, now: float,
+            private: bool = False) -> Optional[Deposited]:
     """The fitting invoice that expires last: exactly ``amount_msat``, else amountless.
 
     An invoice's expiry bounds how long the payment can wait for offline B
     (the payer caps its hold there), so the longest-lived one gives B the
     most time to come back. Ties go to the earliest deposit.
     """
-    usable = [i for i in invoices if i.expires_at - now >= SERVE_MARGIN_SECONDS]
+    usable = [i for i in invoices if i.expires_at - now >= SERVE_MARGIN_SECONDS
+              and (i.offer is not None or not private)]
     for wanted in (amount_msat, None):
         fits = [i for i in usable if i.amount_msat == wanted]
         if fits:
@@ -332,7 +335,7 @@ class Rod:
     # --- requesters (A) ---------------------------------------------------
 
     def fetch(self, requester: str, recipient: str, amount_msat: int,
-              now: float) -> Deposited:
+              now: float, private: bool = False) -> Deposited:
         """Hand out one of the recipient's invoices; it is never served again.
 
         Every request the bucket admits costs a token, whatever the answer:
@@ -340,17 +343,22 @@ class Rod:
         limited as taking invoices. A request the bucket refuses costs
         nothing, so a requester that retries too fast is not locked out
         longer. The invoice leaves the pool and its hash is remembered with
-        its requester, who alone may leave a note for it.
+        its requester, who alone may leave a note for it. A ``private``
+        request names the recipient by its payee key and gets an invoice that
+        has a private offer (the shell answers with the offer, not the invoice).
         """
         self._take_token(requester, now)
         if isinstance(amount_msat, bool) or not isinstance(amount_msat, int) or amount_msat < 1:
             raise AsynclnError(f"amount_msat must be a positive integer, not {amount_msat!r}",
                                Code.BAD_PARAMETER)
+        if private:
+            recipient = next((d for d, p in self._pools.items() if p.payee_key == recipient),
+                             recipient)
         pool = self._pools.get(recipient)
         if pool is None:
             raise AsynclnError("this Rod keeps no invoices for that recipient",
                                Code.UNKNOWN_RECIPIENT)
-        invoice = _choose(pool.invoices, amount_msat, now)
+        invoice = _choose(pool.invoices, amount_msat, now, private)
         if invoice is None:
             raise AsynclnError(f"no unexpired invoice for {amount_msat}msat or any amount left",
                                Code.POOL_EMPTY)
@@ -435,6 +443,15 @@ class Rod:
 
     def level(self, depositor: str) -> int:
         return len(self.pool(depositor).invoices)
+
+    def set_payee_key(self, depositor: str, payee_key: str) -> None:
+        """The depositor's private-code key; an empty pool is not created for it."""
+        pool = self._pools.get(depositor)
+        if pool is not None and payee_key not in (p.payee_key for p in self._pools.values()):
+            self._store(depositor, replace(pool, payee_key=payee_key))
+
+    def recipient_of(self, payee_key: str) -> Optional[str]:
+        return next((d for d, p in self._pools.items() if p.payee_key == payee_key), None)
 
     def depositors(self) -> List[str]:
         return sorted(self._pools)

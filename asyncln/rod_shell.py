@@ -17,10 +17,11 @@ from typing import Dict, List, Optional, Tuple
 from pyln.client import RpcError
 
 from . import code as codes
-from . import messages, note, onion, payer, recipient, rod
+from . import messages, note, onion, payee, payer, recipient, rod
 from .errors import AsynclnError, Code
 from .lightningd import rpc_message
 from .recipient import RecipientConfig
+from .wire import DecodeError
 
 ANSWER_SECONDS = 30   # longest wait for a Rod's or trampoline's answer
 FETCH_SECONDS = 60    # longest a whole fetch may take, whatever the code lists
@@ -117,17 +118,21 @@ class RodShell:
                                                           (str(e),)))
             return
         items: List = []
-        for bolt11 in msg.invoices:
+        for index, bolt11 in enumerate(msg.invoices):
             try:
                 decoded = self.node.rpc.call("decode", {"string": bolt11})
-                items.append(rod.check_invoice(depositor, decoded, bolt11, now, limits,
-                                               self.node.node_id))
+                item = rod.check_invoice(depositor, decoded, bolt11, now, limits,
+                                         self.node.node_id)
+                items.append(with_offer(item, msg.offers[index] if index < len(msg.offers)
+                                        else None))
             except RpcError as e:
                 items.append(f"cannot decode: {rpc_message(e)}")
             except AsynclnError as e:
                 items.append(str(e))
         with self.node.lock:
             result = self.rod.deposit(depositor, is_peer, items, now)
+            if msg.payee_key:
+                self.rod.set_payee_key(depositor, msg.payee_key)
             pool = self.rod.pool(depositor)
         if result.accepted:
             self.save_pool(depositor, pool)
@@ -141,22 +146,29 @@ class RodShell:
         """Hand out one invoice at most once: it leaves the pool on disk before it is sent."""
         try:
             with self.node.lock:
-                invoice = self.rod.fetch(requester, request.recipient, request.amount_msat,
-                                         time.time())
-                pool = self.rod.pool(request.recipient)
+                depositor = (self.rod.recipient_of(request.recipient) if request.private
+                             else None) or request.recipient
+                invoice = self.rod.fetch(requester, depositor, request.amount_msat,
+                                         time.time(), request.private)
+                pool = self.rod.pool(depositor)
         except AsynclnError as e:
             self.node.log(f"invoice request from {requester} for {request.recipient}: {e}",
                           level="info")
             answer = messages.InvoiceResponse(request.request_id, error_code=int(e.code),
                                               error=str(e))
         else:
-            self.save_pool(request.recipient, pool)
-            self.node.log(f"served invoice {invoice.payment_hash} of {request.recipient} "
-                          f"to {requester}")
-            answer = messages.InvoiceResponse(request.request_id, bolt11=invoice.bolt11)
+            self.save_pool(depositor, pool)
+            self.node.log(f"served {'a private offer' if request.private else 'invoice'} "
+                          f"{invoice.payment_hash} to {requester}")
+            answer = (messages.InvoiceResponse(request.request_id, offer=invoice.offer)
+                      if request.private else
+                      messages.InvoiceResponse(request.request_id, bolt11=invoice.bolt11))
         self.node.send(requester, answer)
 
     def keep_note(self, sender: str, msg: messages.Note) -> None:
+        with self.node.lock:  # a private payer names the recipient by its payee key
+            recipient = self.rod.recipient_of(msg.recipient) or msg.recipient
+        msg = replace(msg, recipient=recipient)
         try:
             with self.node.lock:
                 self.rod.store_note(sender, msg.recipient, msg.payment_hash,
@@ -214,17 +226,39 @@ class RodShell:
 
     def deposit(self, my_rod: str, amount_msat: Optional[int], count: int) -> int:
         """Make ``count`` invoices (amountless without ``amount_msat``) and send them to a Rod."""
-        invoices = tuple(self.node.rpc.call("invoice", {
+        made = [self.node.rpc.call("invoice", {
             "amount_msat": "any" if amount_msat is None else amount_msat,
             "label": INVOICE_LABEL + os.urandom(8).hex(),
             "description": codes.deposit_description(my_rod),
-            "expiry": self.config.invoice_expiry})["bolt11"] for _ in range(count))
+            "expiry": self.config.invoice_expiry}) for _ in range(count)]
+        invoices = tuple(m["bolt11"] for m in made)
+        offers, payee_key = (), None
+        with self.node.lock:
+            rod_key = getattr(self.node.terms.get(my_rod), "onion_key", None)
+        if amount_msat is None and rod_key:  # amountless ones also serve private payers
+            offers = tuple(self._offer(m, my_rod, rod_key).encode().hex() for m in made)
+            payee_key = payee.public_key(self.payee_secret())
         self.asking.add(my_rod)
-        if not self.node.send(my_rod, messages.Deposit(invoices)):
+        if not self.node.send(my_rod, messages.Deposit(invoices, offers, payee_key)):
             self.asking.discard(my_rod)
             raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
         self.node.log(f"deposited {count} invoices at Rod {my_rod}")
         return count
+
+    def _offer(self, made: dict, my_rod: str, rod_key: str) -> payee.PrivateOffer:
+        """A private offer for an invoice we just made: a tail for the Rod, and our statement."""
+        decoded = self.node.rpc.call("decode", {"string": made["bolt11"]})
+        cltv = int(decoded.get("min_final_cltv_expiry", payer.DEFAULT_FINAL_CLTV))
+        expires_at = int(decoded["created_at"]) + int(decoded["expiry"])
+        payment_hash = decoded["payment_hash"]
+        tail = payee.tail(rod_key, self.node.node_id, payment_hash, decoded["payment_secret"],
+                          cltv, payer.route_hints(decoded.get("routes", []))[:1])
+        signature = payee.sign(self.payee_secret(),
+                               payee.statement(payment_hash, expires_at, my_rod))
+        return payee.PrivateOffer(payment_hash, expires_at, cltv, tail, signature)
+
+    def payee_secret(self) -> str:
+        return self.node.rpc.call("makesecret", {"string": payee.PAYEE_KEY_LABEL})["secret"]
 
     def note_secret(self) -> str:
         if self._note_secret is None:
@@ -269,7 +303,7 @@ class RodShell:
             entry["invoice_status"] = found[0]["status"] if found else "unknown"
         return {"notes": notes}
 
-    def code(self) -> dict:
+    def code(self, private: bool = False) -> dict:
         if not self.my_rods:
             raise AsynclnError("no Rod configured: set asyncln-rod=<node id>[@host:port]",
                                Code.BAD_PARAMETER)
@@ -280,17 +314,23 @@ class RodShell:
                              onion_key_sig=terms[r.node_id].onion_key_sig
                              if r.node_id in terms else None)
                      for r in self.config.rods)
-        unsigned = codes.PaymentCode(self.node.node_id, rods,
-                                     note.note_public_key(self.note_secret()))
-        signature = self.node.rpc.call("signmessage",
-                                       {"message": unsigned.signed_message()})["zbase"]
+        if private:  # no node id, not even in the Rods' addresses' gossip: only a payee key
+            unsigned = codes.PaymentCode(None, rods, note.note_public_key(self.note_secret()),
+                                         payee_key=payee.public_key(self.payee_secret()))
+            signature = payee.sign(self.payee_secret(), unsigned.signed_message().encode())
+        else:
+            unsigned = codes.PaymentCode(self.node.node_id, rods,
+                                         note.note_public_key(self.note_secret()))
+            signature = self.node.rpc.call("signmessage",
+                                           {"message": unsigned.signed_message()})["zbase"]
         try:
-            text = codes.PaymentCode(unsigned.node_id, rods, unsigned.note_key, signature).encode()
+            text = replace(unsigned, signature=signature).encode()
         except ValueError as e:
             raise AsynclnError(f"cannot make a payment code from asyncln-rod: {e}",
                                Code.BAD_PARAMETER)
-        return {"code": text,
-                "node_id": self.node.node_id, "note_key": unsigned.note_key,
+        return {"code": text, **({"payee_key": unsigned.payee_key} if private
+                                 else {"node_id": self.node.node_id}),
+                "note_key": unsigned.note_key,
                 "rods": [{"id": r.node_id, "addresses": list(r.addresses),
                           **({"onion_key": r.onion_key} if r.onion_key else {})} for r in rods]}
 
@@ -320,25 +360,33 @@ class RodShell:
             sealed_note(note_text, paycode.note_key, "00" * 32)
         errors, last_code = [], Code.NO_ANSWER
         deadline = time.monotonic() + FETCH_SECONDS
+        recipient = paycode.node_id or paycode.payee_key
         for my_rod in paycode.rods[:MAX_RODS_TRIED]:
             if time.monotonic() >= deadline:
                 break
             try:
-                bolt11 = self._ask_rod(my_rod, paycode.node_id, amount_msat, deadline)
+                answer = self._ask_rod(my_rod, recipient, amount_msat, deadline,
+                                       private=paycode.payee_key is not None)
             except AsynclnError as e:
                 if e.code not in NEXT_ROD_HELPS:
                     raise
                 errors.append(str(e))
                 last_code = e.code
                 continue
-            invoice = self._check(bolt11, paycode.node_id, amount_msat, my_rod.node_id)
-            out = {"bolt11": bolt11, "payment_hash": invoice.payment_hash,
-                   "amount_msat": invoice.amount_msat, "recipient": paycode.node_id,
-                   "rod": my_rod.node_id, "note_sent": False}
+            if paycode.payee_key is None:
+                invoice = self._check(answer.bolt11, paycode.node_id, amount_msat,
+                                      my_rod.node_id)
+                out = {"bolt11": answer.bolt11, "payment_hash": invoice.payment_hash,
+                       "amount_msat": invoice.amount_msat, "recipient": paycode.node_id}
+            else:
+                offer = self._check_offer(answer.offer, paycode.payee_key, my_rod.node_id)
+                out = {"offer": answer.offer, "payment_hash": offer.payment_hash,
+                       "amount_msat": amount_msat, "payee_key": paycode.payee_key}
+            out.update(rod=my_rod.node_id, note_sent=False)
             if note_text is not None:
-                sealed = sealed_note(note_text, paycode.note_key, invoice.payment_hash)
+                sealed = sealed_note(note_text, paycode.note_key, out["payment_hash"])
                 out["note_sent"] = self.node.send(my_rod.node_id, messages.Note(
-                    paycode.node_id, invoice.payment_hash, sealed.hex()))
+                    recipient, out["payment_hash"], sealed.hex()))
             return out
         raise AsynclnError(f"no Rod could serve: {'; '.join(errors)}", last_code)
 
@@ -347,6 +395,12 @@ class RodShell:
             paycode = codes.PaymentCode.decode(code_text)
         except ValueError as e:
             raise AsynclnError(f"not a payment code: {e}", Code.BAD_CODE)
+        if paycode.payee_key is not None:
+            if not payee.verify(paycode.payee_key, paycode.signature,
+                                paycode.signed_message().encode()):
+                raise AsynclnError("the code is not signed by the payee key it names",
+                                   Code.BAD_CODE)
+            return self._keep_rod_keys(paycode)
         try:
             checked = self.node.rpc.call("checkmessage", {
                 "message": paycode.signed_message(), "zbase": paycode.signature,
@@ -356,6 +410,9 @@ class RodShell:
                                Code.BAD_CODE)
         if not checked.get("verified"):
             raise AsynclnError("the code is not signed by the node it names", Code.BAD_CODE)
+        return self._keep_rod_keys(paycode)
+
+    def _keep_rod_keys(self, paycode: codes.PaymentCode) -> codes.PaymentCode:
         for rod_named in paycode.rods:
             if rod_named.onion_key and self._vouched(rod_named):
                 with self.node.lock:
@@ -373,14 +430,35 @@ class RodShell:
             return False
 
     def _ask_rod(self, my_rod: codes.Rod, recipient_id: str, amount_msat: int,
-                 deadline: float) -> str:
+                 deadline: float, private: bool = False) -> messages.InvoiceResponse:
         self.reach(my_rod)
         request_id = os.urandom(8).hex()
         answer = self.ask(my_rod.node_id, ("invoice", request_id), messages.InvoiceRequest(
-            request_id, recipient_id, amount_msat), deadline - time.monotonic())
+            request_id, recipient_id, amount_msat, private), deadline - time.monotonic())
         if answer.error_code is not None:
             raise AsynclnError(f"the Rod refused: {answer.error}", peer_code(answer.error_code))
-        return answer.bolt11
+        if (answer.offer is not None) != private:
+            raise AsynclnError("the Rod answered with the wrong kind of offer",
+                               Code.INVOICE_MISMATCH)
+        return answer
+
+    def _check_offer(self, raw: str, payee_key: str, rod_id: str) -> payee.PrivateOffer:
+        """Signed by the code's payee key for this Rod, unexpired, and a hash never used."""
+        try:
+            offer = payee.PrivateOffer.decode(bytes.fromhex(raw))
+        except (ValueError, DecodeError) as e:
+            raise AsynclnError(f"the Rod's private offer is unreadable: {e}",
+                               Code.INVOICE_MISMATCH)
+        with self.node.lock:
+            used = set(self.node.pays) | set(self.node.fetched)
+        if self.node.rpc.call("listsendpays", {"payment_hash": offer.payment_hash})["payments"]:
+            used.add(offer.payment_hash)
+        problem = payee.check_offer(offer, payee_key, rod_id, int(time.time()), used)
+        if problem:
+            raise AsynclnError(f"the Rod's private offer is refused: {problem}",
+                               Code.HASH_REUSED if "reuses" in problem else Code.INVOICE_MISMATCH)
+        self.node.remember_fetched(offer.payment_hash, rod_id)
+        return offer
 
     def reach(self, my_rod: codes.Rod) -> None:
         """Connect to a Rod that is not our peer, by the code's addresses, then by gossip."""
@@ -454,3 +532,17 @@ def sealed_note(text: str, note_key: str, payment_hash: str) -> bytes:
         return note.seal(text, note_key, payment_hash)
     except note.NoteError as e:
         raise AsynclnError(f"cannot send this note: {e}", Code.NOTE_REFUSED)
+
+
+def with_offer(item: rod.Deposited, offer_hex: Optional[str]):
+    """A deposited invoice with its private offer, if the offer is for that very payment."""
+    if offer_hex is None:
+        return item
+    try:
+        offer = payee.PrivateOffer.decode(bytes.fromhex(offer_hex))
+    except (ValueError, DecodeError) as e:
+        return f"{item.payment_hash[:16]}: unreadable private offer: {e}"
+    if (offer.payment_hash, offer.expires_at) != (item.payment_hash, item.expires_at) \
+            or item.amount_msat is not None:
+        return f"{item.payment_hash[:16]}: the private offer is not for this amountless invoice"
+    return replace(item, offer=offer_hex)

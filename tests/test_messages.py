@@ -150,7 +150,7 @@ def test_unknown_odd_fields_are_ignored_and_unknown_even_ones_refused(msg):
     data = bytes.fromhex(messages.encode(msg))
     fields = decode_tlv_stream(data[2:], range(0, 100, 2))
     msg_type = int.from_bytes(data[:2], "big")
-    assert messages.decode(raw(msg_type, {**fields, 3: b"new", 99: b""})) == msg
+    assert messages.decode(raw(msg_type, {**fields, 97: b"new", 99: b""})) == msg
     with pytest.raises(DecodeError, match="unknown even"):
         messages.decode(raw(msg_type, {**fields, 98: b""}))
 
@@ -203,7 +203,7 @@ LONG_INVOICE = b"\xfd\x08\x01" + b"l" * 2049
     (messages.INVOICE_REQUEST, {2: ID, 4: NODE, 6: b""}, "amount_msat must be at least 1"),
     (messages.INVOICE_REQUEST, {2: ID, 4: NODE, 6: b"\x01" * 9}, "amount_msat tu64 too long"),
     (messages.INVOICE_REQUEST, {2: ID, 4: NODE}, "lacks fields \\[6\\]"),
-    (messages.INVOICE_RESPONSE, {2: ID}, "exactly one of bolt11 and error_code"),
+    (messages.INVOICE_RESPONSE, {2: ID}, "exactly one of bolt11, offer and error_code"),
     (messages.INVOICE_RESPONSE, {2: ID, 4: INVOICE, 6: b"\x08\x55"}, "exactly one of"),
     (messages.INVOICE_RESPONSE, {2: ID, 6: b"\x01\x08\x55"}, "error_code tu16 too long"),
     (messages.INVOICE_RESPONSE, {2: ID, 4: b"lnbc\x80"}, "bolt11 is not ASCII"),

@@ -393,3 +393,147 @@ def test_a_fetched_invoice_must_be_the_recipients_own_unexpired_fresh_and_fit():
     assert "deposited" in refused(Code.INVOICE_MISMATCH, check, rod=X)
     assert "deposited" in refused(Code.INVOICE_MISMATCH, check, description="Order #7")
     assert "reuses" in refused(Code.HASH_REUSED, check, used={PAYMENT_HASH})
+
+
+# --- a chain of holders (record version 2): S holds for the payee's Rod R -----------------
+
+from hypothesis import event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from asyncln import chain, onion, peel  # noqa: E402
+from asyncln.hold import Incoming  # noqa: E402
+from asyncln.record import HintHop  # noqa: E402
+from asyncln.wire import decode_bigsize  # noqa: E402
+
+ROD = T
+S_MAKESECRET, ROD_MAKESECRET = "44" * 32, "55" * 32
+DEFAULTS = Policy()
+
+
+def chain_of(hold, invoice=INVOICE, first=DEFAULTS, rod=DEFAULTS, budget=10_000, report_to=ME):
+    return payer.chain_layers(invoice, (S, first), (ROD, rod), hold, budget, report_to)
+
+
+def holds(layers):
+    return [layer.max_hold_blocks for layer in layers]
+
+
+def test_every_default_hold_splits_within_the_payers_hold_and_one_htlcs_cltv():
+    for hold in range(2, DEFAULTS.max_hold_blocks + 1):
+        layers, leg = chain_of(hold)
+        s_hold, r_hold = holds(layers)
+        assert s_hold + r_hold <= hold, hold
+        assert 1 <= s_hold <= payer.FIRST_HOLDER_MAX_HOLD and r_hold >= 1, hold
+        assert leg.cltv_delta_in + chain.LEG_CLTV_BUDGET <= payer.MAX_HTLC_CLTV, hold
+        assert leg.holder == S and leg.max_hold_blocks == s_hold
+
+
+@pytest.mark.xfail(strict=True, reason="chain_layers gives S and R one block each when the "
+                   "payer's hold is 1 (first_hold = max(1, 0), R's = max(1, 0)): two blocks "
+                   "of hold and their CLTV for a payer who allowed one; it should refuse "
+                   "with HOLD_TOO_SHORT (or stay within 1)")
+def test_a_one_block_hold_is_not_stretched_to_two():
+    try:
+        layers, _ = chain_of(1)
+    except AsynclnError as e:
+        assert e.code == Code.HOLD_TOO_SHORT
+        return
+    assert sum(holds(layers)) <= 1
+
+
+terms = st.builds(Policy, safety_blocks=st.integers(1, 400), max_hold_blocks=st.integers(1, 2016),
+                  fee_base_msat=st.integers(0, 5000), fee_ppm=st.integers(0, 5000))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(2, 2016), st.integers(0, 1500), terms, terms, st.integers(0, 50_000))
+def test_a_chain_fits_one_htlc_or_is_refused_as_hold_too_short(hold, final_cltv, first, rod,
+                                                               budget):
+    invoice = replace(INVOICE, min_final_cltv_expiry=final_cltv)
+    try:
+        layers, leg = chain_of(hold, invoice, first, rod, budget)
+    except AsynclnError as e:
+        event("refused")
+        assert e.code == Code.HOLD_TOO_SHORT
+        # Refused only when even a one-block hold at R would not fit.
+        s_hold = min(max(1, hold // 4), payer.FIRST_HOLDER_MAX_HOLD, first.max_hold_blocks)
+        tightest = chain.plan_chain([(S, first), (ROD, rod)], invoice.amount_msat, final_cltv,
+                                    [s_hold, 1], [budget // 2] * 2)
+        assert tightest[0].cltv_delta_in + chain.LEG_CLTV_BUDGET > payer.MAX_HTLC_CLTV
+        return
+    s_hold, r_hold = holds(layers)
+    event("fits" if leg.cltv_delta_in + chain.LEG_CLTV_BUDGET < payer.MAX_HTLC_CLTV
+          else "R's hold cut to fit")
+    assert s_hold + r_hold <= hold
+    assert 1 <= s_hold <= min(payer.FIRST_HOLDER_MAX_HOLD, first.max_hold_blocks)
+    assert 1 <= r_hold <= rod.max_hold_blocks
+    assert leg.cltv_delta_in + chain.LEG_CLTV_BUDGET <= payer.MAX_HTLC_CLTV
+    # Each holder takes its own leg on arrival, whatever the height.
+    to_rod, final = layers
+    assert chain.check_leg(first, leg.amount_in_msat, 800_000 + leg.cltv_delta_in, 800_000,
+                           to_rod.amt_to_forward, to_rod.outgoing_cltv_delta, s_hold) is None
+    assert chain.check_leg(rod, to_rod.amt_to_forward, 800_000 + to_rod.outgoing_cltv_delta,
+                           800_000, final.amt_to_forward, final.outgoing_cltv_delta,
+                           r_hold) is None
+    assert leg.amount_in_msat <= (invoice.amount_msat + rod.fee(invoice.amount_msat)
+                                  + first.fee(to_rod.amt_to_forward) + budget)
+
+
+def test_a_chain_that_cannot_fit_one_htlc_is_hold_too_short():
+    invoice = replace(INVOICE, min_final_cltv_expiry=1500)
+    assert "CLTV" in refused(Code.HOLD_TOO_SHORT, chain_of, 1008, invoice)
+    # A large final CLTV shrinks R's hold instead, while it still fits.
+    layers, leg = chain_of(1008, replace(INVOICE, min_final_cltv_expiry=500))
+    assert holds(layers)[1] < 1008 - holds(layers)[0]
+    assert leg.cltv_delta_in + chain.LEG_CLTV_BUDGET == payer.MAX_HTLC_CLTV
+
+
+def test_the_first_layer_names_only_the_rod_and_the_second_pays_the_recipient():
+    hint = HintHop(X, "103x1x0", 1000, 10, 40)
+    invoice = replace(INVOICE, route_hints=((hint,),))
+    (to_rod, final), leg = chain_of(288, invoice)
+    assert to_rod.outgoing_node_id == ROD and to_rod.report_to == ME
+    assert not to_rod.is_final and to_rod.payment_secret is None and to_rod.route_hints == ()
+    assert to_rod.please_poll
+    assert final.is_final and final.outgoing_node_id == RECIPIENT
+    assert (final.payment_secret, final.total_msat) == ("22" * 32, 100_000)
+    assert (final.amt_to_forward, final.outgoing_cltv_delta) == (100_000, 18)
+    assert final.route_hints == ((hint,),) and final.report_to is None
+    # S forwards what R needs; R's delta covers its hold, route and safety
+    legs = chain.plan_chain([(S, DEFAULTS), (ROD, DEFAULTS)], 100_000, 18, holds([to_rod, final]),
+                            [5000, 5000])
+    assert (to_rod.amt_to_forward, to_rod.outgoing_cltv_delta) == (legs[1].amount_in_msat,
+                                                                   legs[1].cltv_delta_in)
+    assert leg == legs[0]
+    assert chain_of(288, report_to=None)[0][0].report_to is None
+
+
+def test_plan_with_a_packet_carries_the_onion_not_the_clear_record():
+    layers, leg = chain_of(288)
+    packet, _ = onion.build([(onion.public_key(S_MAKESECRET), layers[0]),
+                             (onion.public_key(ROD_MAKESECRET), layers[1])], PAYMENT_HASH)
+    path = [hop(ME, X, "103x1x0/0", leg.amount_in_msat + 100, leg.amount_in_msat + 100,
+                leg.cltv_delta_in + 34, leg.cltv_delta_in + 34),
+            hop(X, S, "110x2x1/1", leg.amount_in_msat + 100, leg.amount_in_msat,
+                leg.cltv_delta_in + 34, leg.cltv_delta_in)]
+    hops, first_hop, expiry = payer.plan(INVOICE, path, 500, 288, report_to=ME, packet=packet)
+    assert [h["pubkey"] for h in hops] == [X, S] and expiry == 501 + leg.cltv_delta_in
+    assert first_hop == {"id": X, "amount_msat": leg.amount_in_msat + 100,
+                         "delay": leg.cltv_delta_in + 34}
+    payload = bytes.fromhex(hops[-1]["payload"])
+    length, start = decode_bigsize(payload)
+    assert start == 3 and start + length == len(payload)  # a packet needs a 3-byte prefix
+    fields = decode_tlv_stream(payload[start:], known_even=[2, 4])
+    assert set(fields) == {2, 4, onion.ONION_TLV}
+    assert RECORD_TYPE not in fields and find_record(payload) is None
+    assert fields[onion.ONION_TLV] == packet and onion.find_onion(payload)[1] == packet
+    assert (decode_tu(fields[2], 8), decode_tu(fields[4], 4)) == (leg.amount_in_msat, expiry)
+    assert bytes.fromhex(RECIPIENT) not in payload and bytes.fromhex("22" * 32) not in payload
+    # the intermediate's payload is an ordinary forward, nothing of asyncln in it
+    forward = decode_tlv_stream(bytes.fromhex(hops[0]["payload"])[1:], known_even=[2, 4, 6])
+    assert set(forward) == {2, 4, 6} and decode_tu(forward[2], 8) == leg.amount_in_msat
+    # and S, arriving with exactly that, holds for the Rod without refusal
+    inc = Incoming("110x2x1", 0, leg.amount_in_msat, expiry)
+    record, _, refusal = peel.read(payload, PAYMENT_HASH, onion.secret_key(S_MAKESECRET), S,
+                                   DEFAULTS, inc, 500)
+    assert refusal is None and record.next_node == ROD and record.next_onion is not None

@@ -158,3 +158,33 @@ def test_a_clear_record_payer_and_a_holder_that_refuses_clear_records(node_facto
     fine = b.rpc.invoice(100_000, "v2-accepted", "onion")
     call(a, "asyncln-pay", invstring=fine["bolt11"], trampoline=s.info["id"])
     assert_proof_of_payment(wait_status(a, fine["payment_hash"], "complete"))
+
+
+def test_a_payee_hidden_from_its_payer(node_factory, plugin_path):
+    """Item 3: a private code and a payee-built tail; A never learns B's node id."""
+    (a, s), r, b = private_recipient(node_factory, plugin_path, n_before=2)
+    wait_for(lambda: call(b, "asyncln-getinfo")["rods"] != [])
+    # B's pool was filled before B knew R's key: top it up again, now with private offers.
+    wait_for(lambda: any(t["id"] == r.info["id"] for t in call(b, "asyncln-getinfo")["trampolines"]))
+    call(b, "asyncln-deposit", count=2)
+    code = call(b, "asyncln-code", private=True)
+    assert "node_id" not in code and b.info["id"] not in json.dumps(code)
+    b.stop()
+    started = call(a, "asyncln-pay", invstring=code["code"], amount_msat=40_000,
+                   trampoline=s.info["id"], note="from a stranger")
+    payment_hash = started["payment_hash"]
+    wait_for(lambda: (held(r, payment_hash) or {}).get("state") == "held")
+    assert held(r, payment_hash)["next_node"] == b.info["id"]  # only R learns B
+    assert held(s, payment_hash)["next_node"] == r.info["id"]
+    b.start()
+    b.rpc.connect(r.info["id"], "localhost", r.port)
+    done = wait_status(a, payment_hash, "complete")
+    assert_proof_of_payment(done)
+    # The proof's other half: B's payee key signed this payment hash for this Rod.
+    from asyncln import payee
+    assert payee.verify(code["payee_key"], done["payee_signature"],
+                        payee.statement(payment_hash, done["offer_expires_at"], r.info["id"]))
+    assert b.info["id"] not in json.dumps(call(a, "asyncln-listpays"))
+    assert not a.daemon.is_in_log(b.info["id"])
+    wait_for(lambda: call(b, "asyncln-listnotes")["notes"] != [])
+    assert call(b, "asyncln-listnotes")["notes"][0]["note"] == "from a stranger"
