@@ -46,6 +46,7 @@ PEER_READY_SECONDS = 60    # longest wait for a reconnected peer's channel
 TICK_SECONDS = 0.2         # how often the worker looks at waking peers and an unsynced chain
 RECONCILE_SECONDS = 30     # re-issue what is owed even without a new block
 QUEUED_PER_PEER = 4        # a peer's requests of one kind waiting for the worker
+TERMS_SECONDS = 10         # longest an RPC waits for a just-connected peer's info
 
 CONTINUE = {"result": "continue"}
 
@@ -663,6 +664,7 @@ class Node:
         if fetched and "offer" in fetched:  # a private code: we never learn the recipient
             offer = payee.PrivateOffer.decode(bytes.fromhex(fetched["offer"]))
             invoice = payer.private_invoice(offer, fetched["payee_key"], amount)
+            self.await_terms(fetched["rod"])  # the tail is for the Rod: we need its terms
         else:
             try:
                 decoded = self.rpc.call("decode", {"string": invstring})
@@ -770,6 +772,15 @@ class Node:
                 self.save_pay(failed)
             raise AsynclnError(f"sendonion failed: {rpc_message(e)}", Code.SEND_FAILED)
         return pay_json(self.pays[invoice.payment_hash])
+
+    def await_terms(self, peer: str, seconds: float = TERMS_SECONDS) -> None:
+        """A peer we just connected to sends its info shortly after: wait for it (RPC thread)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self.lock:
+                if peer in self.terms:
+                    return
+            time.sleep(0.1)
 
     def route_to(self, trampoline, amount_msat, maxfee_msat, final_cltv) -> List[dict]:
         try:
