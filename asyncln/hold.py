@@ -287,9 +287,10 @@ class Relay:
         """
         if tip_height is not None:
             self.height = max(self.height, tip_height)
-        existing = self.held.get(payment_hash)
-        if existing is not None and not existing.attached and existing.incoming.same_htlc(incoming):
+        existing = self.replayed(payment_hash, incoming)
+        if existing is not None:
             return self._reattach(existing, incoming)
+        existing = self.held.get(payment_hash)
         if refusal is not None:
             return refusal, []
         if not self.policy.relay:
@@ -313,6 +314,13 @@ class Relay:
             next_poll_height=self.height)
         self._put(held)
         return Hold(), [Persist(held)] + self._try(held)
+
+    def replayed(self, payment_hash: str, incoming: Incoming) -> Optional[HeldPayment]:
+        """Our record for this very HTLC, which lightningd replays after a restart."""
+        existing = self.held.get(payment_hash)
+        if existing is not None and not existing.attached and existing.incoming.same_htlc(incoming):
+            return existing
+        return None
 
     def chain(self, height: int, synced: bool) -> List[Action]:
         """lightningd's height and whether it says it is synced (getinfo's warnings)."""

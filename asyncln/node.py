@@ -433,7 +433,13 @@ class Node:
         peeled = peel.read(payload, payment_hash, self.onion_secret, self.node_id,
                            self.relay.policy, incoming, max(self.relay.height, tip or 0))
         with self.lock:
-            if isinstance(peeled, hold.Reject):
+            replayed = self.relay.replayed(payment_hash, incoming)
+            if isinstance(peeled, hold.Reject) and replayed is not None:
+                # Whatever the onion says now (no key after a restart?), a replay
+                # is answered as before: an attempt may be in flight.
+                verdict, actions = self.relay.admit(payment_hash, incoming, replayed.record, 0,
+                                                    forward_msat, outgoing_cltv, tip)
+            elif isinstance(peeled, hold.Reject):
                 verdict, actions = peeled, []
             elif peeled is not None:
                 record, offset, refusal = peeled

@@ -278,6 +278,9 @@ def chain_layers(invoice: Invoice, first: Tuple[str, Policy], rod: Tuple[str, Po
     budget leaves the holders after it room to work (asyncln/chain.py).
     Returns the layers and S's leg: what S must receive, and with how much CLTV.
     """
+    if hold < 2:
+        raise AsynclnError("a chain of two holders needs a hold of at least 2 blocks",
+                           Code.HOLD_TOO_SHORT)
     # One hold budget, split: R (always online) waits for the recipient; S waits only
     # for R, so it gets a short part. The two together stay within the payer's hold.
     first_hold = min(max(1, hold // 4), FIRST_HOLDER_MAX_HOLD, first[1].max_hold_blocks)

@@ -53,7 +53,8 @@ def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, po
         return Reject(bad, "a layer for a next holder, but no onion for it")
     short = chain.check_leg(policy, incoming.amount_msat, incoming.cltv_expiry, height,
                             layer.amt_to_forward, layer.outgoing_cltv_delta,
-                            layer.max_hold_blocks or policy.max_hold_blocks)
+                            policy.max_hold_blocks if layer.max_hold_blocks is None
+                            else layer.max_hold_blocks)
     refusal = None
     if short is not None:
         _, terms = short

@@ -428,10 +428,6 @@ def test_every_default_hold_splits_within_the_payers_hold_and_one_htlcs_cltv():
         assert leg.holder == S and leg.max_hold_blocks == s_hold
 
 
-@pytest.mark.xfail(strict=True, reason="chain_layers gives S and R one block each when the "
-                   "payer's hold is 1 (first_hold = max(1, 0), R's = max(1, 0)): two blocks "
-                   "of hold and their CLTV for a payer who allowed one; it should refuse "
-                   "with HOLD_TOO_SHORT (or stay within 1)")
 def test_a_one_block_hold_is_not_stretched_to_two():
     try:
         layers, _ = chain_of(1)

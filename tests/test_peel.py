@@ -283,10 +283,6 @@ def test_the_refusal_asks_for_the_policys_hold_when_the_layer_sets_none():
     assert fee_or_expiry_terms(refusal)[3] == 500 - 1 + HEIGHT_SLACK + chain.LEG_CLTV_BUDGET + 100
 
 
-@pytest.mark.xfail(strict=True, reason="peel.read passes `layer.max_hold_blocks or "
-                   "policy.max_hold_blocks` to check_leg, so a payer's max_hold_blocks=0 (one "
-                   "attempt, as hold.py and chain._hold_limit read it) is taken as 'no cap' and the "
-                   "refusal asks for the CLTV of the policy's whole hold (500 blocks) instead of one")
 def test_a_zero_hold_is_refused_with_the_terms_for_one_attempt():
     layer = final_layer(max_hold_blocks=0)
     short = Incoming(**{**enough(layer).__dict__, "amount_msat": 1})
@@ -485,11 +481,6 @@ def test_a_multi_part_final_layer_is_refused_naming_the_onion_tlv():
                                               offset)
 
 
-@pytest.mark.xfail(strict=True, reason="Node.htlc_accepted answers peel.read's Reject before the "
-                   "relay sees the HTLC, so when makesecret fails after a restart (no key) a "
-                   "replayed v2 HTLC whose attempt to R is in flight is failed upstream at once "
-                   "while R may still settle downstream: the holder can lose the amount. A replay "
-                   "of a saved hold should be reattached whatever the peel says")
 def test_a_replay_in_flight_is_reattached_even_when_the_key_is_missing_after_a_restart():
     first, _ = forwarding_to_r()
     saved = first.relay.held[PAYMENT_HASH]
