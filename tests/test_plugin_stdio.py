@@ -236,7 +236,7 @@ def test_replay_with_a_changed_scid_is_recognised(tmp_path):
 ROD = OTHER
 ME = node_id(8)  # a real key: a payment code names only points on the curve
 NEW_METHODS = {
-    "asyncln-code": "",
+    "asyncln-code": "[private]",
     "asyncln-fetchinvoice": "code amount_msat [note]",
     "asyncln-deposit": "[amount_msat] [count] [rod]",
     "asyncln-listnotes": "",
