@@ -4,7 +4,7 @@ import hashlib
 import os
 
 import pytest
-from helpers import call, held, held_for_payer, opts, wait_for_terms, wait_status
+from helpers import call, held, held_for_payer, opts, send_failing, wait_for_terms, wait_status
 from pyln.client import RpcError
 
 from asyncln import failures
@@ -24,15 +24,8 @@ def stream(amount, cltv, raw_record):
 
 def send_raw(a, s, payload_hex, amount_msat, delay):
     """Send one HTLC to S with a hand-made final payload; return S's failcode."""
-    payment_hash = hashlib.sha256(os.urandom(32)).hexdigest()
-    onion = a.rpc.createonion(hops=[{"pubkey": s.info["id"], "payload": payload_hex}],
-                              assocdata=payment_hash)
-    a.rpc.sendonion(onion=onion["onion"], payment_hash=payment_hash,
-                    first_hop={"id": s.info["id"], "amount_msat": amount_msat, "delay": delay},
-                    shared_secrets=onion["shared_secrets"])
-    with pytest.raises(RpcError) as failed:
-        a.rpc.waitsendpay(payment_hash, timeout=30)
-    return failed.value.error["data"]["failcode"]
+    return send_failing(a, s, payload_hex, amount_msat, delay,
+                        hashlib.sha256(os.urandom(32)).hexdigest())[0]
 
 
 def test_bad_onion_records_are_refused(node_factory, plugin_path):

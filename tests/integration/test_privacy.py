@@ -8,15 +8,12 @@ import hashlib
 import json
 import os
 
-import pytest
-from helpers import assert_proof_of_payment, call, held, opts, say, wait_status
-from pyln.client import RpcError
+from helpers import assert_proof_of_payment, call, held, opts, say, send_failing, wait_status
 from pyln.testing.utils import sync_blockheight, wait_for
 from test_rod import private_recipient
 
 from asyncln import failures, onion
 from asyncln.layer import Layer
-from asyncln.wire import encode_bigsize, encode_tlv_stream, encode_tu
 
 
 def onion_key(node):
@@ -29,14 +26,7 @@ def send_v2(a, s, layer, amount_msat, delay, mangle=lambda packet: packet):
     packet, _ = onion.build([(onion_key(s), layer)], payment_hash)
     height = a.rpc.getinfo()["blockheight"]
     payload = onion.final_payload(amount_msat, height + 1 + delay, mangle(packet))
-    made = a.rpc.createonion(hops=[{"pubkey": s.info["id"], "payload": payload.hex()}],
-                             assocdata=payment_hash)
-    a.rpc.sendonion(onion=made["onion"], payment_hash=payment_hash,
-                    first_hop={"id": s.info["id"], "amount_msat": amount_msat, "delay": delay},
-                    shared_secrets=made["shared_secrets"])
-    with pytest.raises(RpcError) as failed:
-        a.rpc.waitsendpay(payment_hash, timeout=30)
-    return failed.value.error["data"]["failcode"], failed.value.error["data"].get("raw_message")
+    return send_failing(a, s, payload.hex(), amount_msat, delay, payment_hash)
 
 
 def test_onion_payment_to_an_offline_recipient(node_factory, plugin_path):
