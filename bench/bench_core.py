@@ -5,6 +5,8 @@ Each figure is the median of a few rounds within one run:
 * admission: one htlc_accepted that carries an asyncln record and is held,
   with 10,000 payments already held, and the same at 100 held (their ratio
   should be ~1: admission only reads running totals);
+* reading a version-2 onion (peel.read) beside reading the clear record:
+  the cost of privacy on the hook path;
 * block() with nothing due, at 10,000 held (it should only peek at the
   heap of due heights), and for scale the block() that wakes them all;
 * restart recovery: 10,000 datastore strings through json.loads,
@@ -27,7 +29,9 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 from factories import node_id, payload, record  # noqa: E402
 
+from asyncln import onion, peel  # noqa: E402
 from asyncln.hold import FindRoute, Hold, HeldPayment, Incoming, Relay  # noqa: E402
+from asyncln.layer import Layer  # noqa: E402
 from asyncln.policy import Policy  # noqa: E402
 from asyncln.record import TrampolineRecord, find_record  # noqa: E402
 
@@ -92,6 +96,25 @@ def parsing_us(calls):
     return (time.perf_counter() - start) / len(calls) * 1e6
 
 
+def peeling_us(calls):
+    """Reading a version-2 onion instead (peel.read: find it, one ECDH, decrypt, decode)."""
+    secret = onion.secret_key("11" * 32)
+    key = onion.public_key("11" * 32)
+    packets = []
+    for payment_hash, incoming, raw, _, _ in calls:
+        rec = TrampolineRecord.decode(find_record(raw)[1])
+        layer = Layer(amt_to_forward=rec.amount_msat, outgoing_cltv_delta=rec.final_cltv_delta,
+                      outgoing_node_id=rec.next_node, payment_secret=rec.payment_secret,
+                      total_msat=rec.total_msat, max_hold_blocks=100)
+        packet, _ = onion.build([(key, layer)], payment_hash)
+        packets.append((onion.final_payload(INCOMING_MSAT, CLTV_EXPIRY, packet), payment_hash,
+                        incoming))
+    start = time.perf_counter()
+    for payload_v2, payment_hash, incoming in packets:
+        peel.read(payload_v2, payment_hash, secret, PEER, POLICY, incoming, HEIGHT)
+    return (time.perf_counter() - start) / len(packets) * 1e6
+
+
 def idle_block_ms(held):
     """Median over rounds of one block() that wakes nothing, at ``len(held)`` held."""
     samples = []
@@ -144,6 +167,7 @@ def main():
         many.append(admission_us(big, calls))
         fewer.append(admission_us(few, calls))
         parsing.append(parsing_us(calls))
+    peeling = peeling_us(calls)
     at_many, at_few = statistics.median(many), statistics.median(fewer)
     block_ms = idle_block_ms(big)
     wake_ms = wake_all_ms(big)
@@ -154,6 +178,9 @@ def main():
           f"median of {ADMISSION_ROUNDS} rounds (admission) or {ROUNDS} (block), one run:")
     show(f"admission (a held htlc_accepted) at {HELD:,} held", at_many, "us", "<=", 50)
     show("  of which reading the record (find_record, decode)", statistics.median(parsing), "us")
+    show("  reading a version-2 onion instead (peel.read)", peeling, "us")
+    print(f"  {'  ratio onion / clear record':52} {peeling / statistics.median(parsing):9.1f}"
+          f"      (one ECDH and a ChaCha20 pass per HTLC carrying the onion)")
     show(f"admission at {FEW} held", at_few, "us")
     print(f"  {'admission ratio ' + f'{HELD:,} held / {FEW} held':52} {at_many / at_few:9.2f}"
           f"      target ~1 (O(1) admission)")
