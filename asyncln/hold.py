@@ -414,13 +414,20 @@ class Relay:
                                   held.record.payment_secret, held.record.total_msat,
                                   max_height, held.record.next_onion)]
 
-    def route_failed(self, payment_hash: str, error: str) -> List[Action]:
+    def route_failed(self, payment_hash: str, error: str,
+                     unknown_node: bool = False) -> List[Action]:
+        """No route this time. ``unknown_node``: the next node is in neither gossip nor our
+        peers; a next *holder* (version 2) we cannot even name is #836's unknown_next_trampoline,
+        failed back at once: no poll can make it known."""
         if payment_hash not in self.searching:
             return []
         actions = self._end_search(payment_hash, error)
         held = self.held.get(payment_hash)
         if held is None or held.state != HoldState.HELD:
             return actions
+        if unknown_node and held.record.next_onion is not None:
+            return actions + self._fail(held, f"unknown next holder: {error}",
+                                        failures.unknown_next_trampoline())
         return actions + self._attempt_failed(held, f"no route: {error}")
 
     def send_refused(self, payment_hash: str, partid: int, reason: str,

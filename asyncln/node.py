@@ -266,8 +266,9 @@ class Node:
                 "maxdelay": action.maxdelay, "maxparts": 1})
             route = sendpay_route(first_route(answer))
         except RpcError as e:
+            unknown = not action.hints and self.unknown_node(action.destination)
             with self.lock:
-                return self.relay.route_failed(action.payment_hash, rpc_message(e))
+                return self.relay.route_failed(action.payment_hash, rpc_message(e), unknown)
         except (KeyError, IndexError, ValueError) as e:
             with self.lock:
                 return self.relay.route_failed(action.payment_hash, f"unusable getroutes answer: {e!r}")
@@ -276,6 +277,12 @@ class Node:
                 self._try_rpc("askrene-remove-layer", {"layer": layer})
         with self.lock:
             return self.relay.route_found(action.payment_hash, route)
+
+    def unknown_node(self, node_id: str) -> bool:
+        """Neither gossip nor our peers know it: a route to it cannot appear by waiting."""
+        if self.rpc.call("listnodes", {"id": node_id}).get("nodes"):
+            return False
+        return not self.rpc.call("listpeers", {"id": node_id}).get("peers")
 
     def hint_layer(self, action: hold.FindRoute) -> Optional[str]:
         """An askrene layer holding the invoice's hinted channels, which gossip never shows.

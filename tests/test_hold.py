@@ -1291,3 +1291,17 @@ def test_payer_cancel_is_accepted_only_from_the_payer_of_a_held_payment(state, p
     assert relay.held[PAYMENT_HASH].state == HoldState.FAILED
     assert len(of(hold.FailIncoming, actions)) == (0 if restarted else 1)
     assert of(hold.SendPay, actions) == of(hold.FindRoute, actions) == []
+
+
+def test_a_next_holder_nobody_knows_is_failed_at_once_with_unknown_next_trampoline():
+    """#836 PERM|27: no poll can make an unknown next holder known; a recipient may come back."""
+    relay = hold.Relay(POLICY, 1000)
+    to_holder = replace(record(), payment_secret="", next_onion="00" * 716)
+    _, actions = relay.admit(PAYMENT_HASH, incoming(), to_holder, 0, 110_000, 1500)
+    actions = relay.route_failed(PAYMENT_HASH, "Unknown destination", unknown_node=True)
+    fail = next(a for a in actions if isinstance(a, hold.FailIncoming))
+    assert fail.failure_message == failures.unknown_next_trampoline()
+    relay = hold.Relay(POLICY, 1000)
+    arrive(relay)  # a recipient (version 1): it may come back, so hold on
+    assert not [a for a in relay.route_failed(PAYMENT_HASH, "Unknown destination", True)
+                if isinstance(a, hold.FailIncoming)]

@@ -20,10 +20,13 @@ def onion_key(node):
     return call(node, "asyncln-getinfo")["onion_key"]
 
 
-def send_v2(a, s, layer, amount_msat, delay, mangle=lambda packet: packet):
-    """One HTLC to S whose final payload carries a hand-made asyncln onion; S's failcode."""
+def send_v2(a, s, layer, amount_msat, delay, mangle=lambda packet: packet, then=()):
+    """One HTLC to S whose final payload carries a hand-made asyncln onion; S's failcode.
+
+    ``then``: (key, layer) pairs for holders after S.
+    """
     payment_hash = hashlib.sha256(os.urandom(32)).hexdigest()
-    packet, _ = onion.build([(onion_key(s), layer)], payment_hash)
+    packet, _ = onion.build([(onion_key(s), layer)] + list(then), payment_hash)
     height = a.rpc.getinfo()["blockheight"]
     payload = onion.final_payload(amount_msat, height + 1 + delay, mangle(packet))
     return send_failing(a, s, payload.hex(), amount_msat, delay, payment_hash)
@@ -123,6 +126,13 @@ def test_bad_onions_and_budgets_get_the_failure_that_fits(node_factory, plugin_p
     assert code == failures.INVALID_ONION_PAYLOAD
     code, _ = send_v2(a, s, layer(), 110_000, 300, lambda p: b"\x01" + p[1:])  # version
     assert code == failures.INVALID_ONION_PAYLOAD
+    code, _ = send_v2(a, s, layer(), 110_000, 300, lambda p: p + b"\x00")  # oversize
+    assert code == failures.INVALID_ONION_PAYLOAD
+    nobody = onion.public_key("77" * 32)  # a next holder no gossip and no peer knows
+    to_nobody = Layer(amt_to_forward=100_000, outgoing_cltv_delta=200,
+                      outgoing_node_id=nobody, max_hold_blocks=10)
+    code, _ = send_v2(a, s, to_nobody, 110_000, 500, then=[(nobody, layer())])
+    assert code == failures.UNKNOWN_NEXT_TRAMPOLINE
     assert call(s, "asyncln-listheld")["held"] == []
 
 
