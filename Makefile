@@ -40,7 +40,7 @@ bench: setup
 demo: setup
 	@for bin in lightningd bitcoind; do command -v $$bin >/dev/null || \
 	  echo "demo: $$bin is not on PATH, so the regtest demo cannot run (see README, 'Integration tests')"; done
-	$(PY) -m pytest -s -q -rs tests/integration/test_scenario.py tests/integration/test_rod.py \
+	$(PY) -m pytest -s -q -rs tests/integration/test_scenario.py tests/integration/test_rod_flows.py \
 	  -k "offline_recipient_is_paid or private_recipient_paid_through_its_rod"
 
 clean:

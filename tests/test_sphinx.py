@@ -25,7 +25,7 @@ from asyncln.sphinx import (
 )
 from asyncln.wire import DecodeError, encode_bigsize, is_point
 
-VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "vectors")
+VECTORS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vectors")  # from ../shared
 CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 AD = b"\x42" * 32
 SIZES = (400, 650, 1300)

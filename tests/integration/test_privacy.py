@@ -10,7 +10,7 @@ import os
 
 from helpers import assert_proof_of_payment, call, held, opts, say, send_failing, wait_status
 from pyln.testing.utils import sync_blockheight, wait_for
-from test_rod import private_recipient
+from test_rod_flows import private_recipient
 
 from asyncln import failures, onion
 from asyncln.layer import Layer
