@@ -415,17 +415,20 @@ class Relay:
                                   max_height, held.record.next_onion)]
 
     def route_failed(self, payment_hash: str, error: str,
-                     unknown_node: bool = False) -> List[Action]:
-        """No route this time. ``unknown_node``: the next node is in neither gossip nor our
-        peers; a next *holder* (version 2) we cannot even name is #836's unknown_next_trampoline,
-        failed back at once: no poll can make it known."""
+                     unknown_node: Optional[str] = None) -> List[Action]:
+        """No route this time. ``unknown_node``: the node searched for, found in neither
+        gossip nor our peers. A next *holder* (version 2) still unknown at a later poll
+        is #836's unknown_next_trampoline, failed back then: a first unknown answer may
+        only mean gossip is still loading. The verdict counts only for the search that
+        gave it: the record may name another next holder by now."""
         if payment_hash not in self.searching:
             return []
         actions = self._end_search(payment_hash, error)
         held = self.held.get(payment_hash)
         if held is None or held.state != HoldState.HELD:
             return actions
-        if unknown_node and held.record.next_onion is not None:
+        if (unknown_node == held.record.next_node and held.record.next_onion is not None
+                and held.attempts >= 2):
             return actions + self._fail(held, f"unknown next holder: {error}",
                                         failures.unknown_next_trampoline())
         return actions + self._attempt_failed(held, f"no route: {error}")

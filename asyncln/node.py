@@ -266,7 +266,8 @@ class Node:
                 "maxdelay": action.maxdelay, "maxparts": 1})
             route = sendpay_route(first_route(answer))
         except RpcError as e:
-            unknown = not action.hints and self.unknown_node(action.destination)
+            unknown = (action.destination if not action.hints and self.unknown_node(action.destination)
+                       else None)
             with self.lock:
                 return self.relay.route_failed(action.payment_hash, rpc_message(e), unknown)
         except (KeyError, IndexError, ValueError) as e:

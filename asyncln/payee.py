@@ -25,6 +25,7 @@ from .record import HintHop
 from .wire import DecodeError
 
 PAYEE_KEY_LABEL = "asyncln-payee-key"
+MAX_FINAL_CLTV = 144  # a day: more than any recipient needs (lightningd's default is 18)
 _STATEMENT = "asyncln-private-offer:"
 
 
@@ -97,6 +98,9 @@ def check_offer(offer: PrivateOffer, payee_key: str, rod: str, now: int,
         return "the offer is not signed by the code's payee key"
     if offer.expires_at <= now:
         return "the offer has expired"
+    if offer.min_final_cltv > MAX_FINAL_CLTV:
+        # Not under the signature: a Rod could raise it to lock our HTLC longer.
+        return f"the offer asks {offer.min_final_cltv} blocks of final CLTV, above {MAX_FINAL_CLTV}"
     if offer.payment_hash in used:
         return f"the offer reuses payment hash {offer.payment_hash}"
     return None

@@ -1293,15 +1293,31 @@ def test_payer_cancel_is_accepted_only_from_the_payer_of_a_held_payment(state, p
     assert of(hold.SendPay, actions) == of(hold.FindRoute, actions) == []
 
 
-def test_a_next_holder_nobody_knows_is_failed_at_once_with_unknown_next_trampoline():
-    """#836 PERM|27: no poll can make an unknown next holder known; a recipient may come back."""
+def test_a_next_holder_nobody_knows_is_failed_with_unknown_next_trampoline_at_a_later_poll():
+    """#836 PERM|27: still unknown one poll later, no poll will make it known."""
     relay = hold.Relay(POLICY, 1000)
     to_holder = replace(record(), payment_secret="", next_onion="00" * 716)
-    _, actions = relay.admit(PAYMENT_HASH, incoming(), to_holder, 0, 110_000, 1500)
-    actions = relay.route_failed(PAYMENT_HASH, "Unknown destination", unknown_node=True)
+    relay.admit(PAYMENT_HASH, incoming(), to_holder, 0, 110_000, 1500)
+    first = relay.route_failed(PAYMENT_HASH, "Unknown destination", RECIPIENT)
+    assert not [a for a in first if isinstance(a, hold.FailIncoming)]  # gossip may be loading
+    later = relay.block(1000 + POLICY.poll_blocks)
+    assert [a for a in later if isinstance(a, hold.FindRoute)]
+    actions = relay.route_failed(PAYMENT_HASH, "Unknown destination", RECIPIENT)
     fail = next(a for a in actions if isinstance(a, hold.FailIncoming))
     assert fail.failure_message == failures.unknown_next_trampoline()
+
+
+def test_an_unknown_verdict_for_another_node_or_a_recipient_ends_nothing():
+    relay = hold.Relay(POLICY, 1000)
+    to_holder = replace(record(), payment_secret="", next_onion="00" * 716)
+    relay.admit(PAYMENT_HASH, incoming(), to_holder, 0, 110_000, 1500)
+    relay.route_failed(PAYMENT_HASH, "Unknown destination", RECIPIENT)
+    relay.block(1000 + POLICY.poll_blocks)
+    assert not [a for a in relay.route_failed(PAYMENT_HASH, "x", node_id(9))
+                if isinstance(a, hold.FailIncoming)]
     relay = hold.Relay(POLICY, 1000)
     arrive(relay)  # a recipient (version 1): it may come back, so hold on
-    assert not [a for a in relay.route_failed(PAYMENT_HASH, "Unknown destination", True)
+    relay.route_failed(PAYMENT_HASH, "Unknown destination", RECIPIENT)
+    relay.block(1000 + POLICY.poll_blocks)
+    assert not [a for a in relay.route_failed(PAYMENT_HASH, "Unknown destination", RECIPIENT)
                 if isinstance(a, hold.FailIncoming)]

@@ -61,13 +61,14 @@ def channel_with(node, peer):
     return node.rpc.listpeerchannels(peer.info["id"])["channels"][0]
 
 
-def send_failing(a, s, payload_hex, amount_msat, delay, payment_hash):
+def send_failing(a, s, payload_hex, amount_msat, delay, payment_hash, meanwhile=lambda: None):
     """One HTLC to S with a hand-made final payload, which S must refuse: (failcode, raw_message)."""
     onion = a.rpc.createonion(hops=[{"pubkey": s.info["id"], "payload": payload_hex}],
                               assocdata=payment_hash)
     a.rpc.sendonion(onion=onion["onion"], payment_hash=payment_hash,
                     first_hop={"id": s.info["id"], "amount_msat": amount_msat, "delay": delay},
                     shared_secrets=onion["shared_secrets"])
+    meanwhile()
     with pytest.raises(RpcError) as failed:
         a.rpc.waitsendpay(payment_hash, timeout=30)
     return failed.value.error["data"]["failcode"], failed.value.error["data"].get("raw_message")

@@ -20,16 +20,18 @@ def onion_key(node):
     return call(node, "asyncln-getinfo")["onion_key"]
 
 
-def send_v2(a, s, layer, amount_msat, delay, mangle=lambda packet: packet, then=()):
+def send_v2(a, s, layer, amount_msat, delay, mangle=lambda packet: packet, then=(),
+            meanwhile=lambda: None):
     """One HTLC to S whose final payload carries a hand-made asyncln onion; S's failcode.
 
-    ``then``: (key, layer) pairs for holders after S.
+    ``then``: (key, layer) pairs for holders after S. ``meanwhile`` runs once
+    the HTLC is out.
     """
     payment_hash = hashlib.sha256(os.urandom(32)).hexdigest()
     packet, _ = onion.build([(onion_key(s), layer)] + list(then), payment_hash)
     height = a.rpc.getinfo()["blockheight"]
     payload = onion.final_payload(amount_msat, height + 1 + delay, mangle(packet))
-    return send_failing(a, s, payload.hex(), amount_msat, delay, payment_hash)
+    return send_failing(a, s, payload.hex(), amount_msat, delay, payment_hash, meanwhile)
 
 
 def test_onion_payment_to_an_offline_recipient(node_factory, plugin_path):
@@ -104,7 +106,7 @@ def test_a_timeout_at_the_rod_fails_back_through_s(node_factory, bitcoind, plugi
                    if c["peer_id"] != b.info["id"])
 
 
-def test_bad_onions_and_budgets_get_the_failure_that_fits(node_factory, plugin_path):
+def test_bad_onions_and_budgets_get_the_failure_that_fits(node_factory, bitcoind, plugin_path):
     """Items 4 and bad input: #836 codes with the holder's terms; nothing is held."""
     a, s, b = node_factory.line_graph(3, opts=opts(plugin_path), wait_for_announce=True)
 
@@ -131,7 +133,12 @@ def test_bad_onions_and_budgets_get_the_failure_that_fits(node_factory, plugin_p
     nobody = onion.public_key("77" * 32)  # a next holder no gossip and no peer knows
     to_nobody = Layer(amt_to_forward=100_000, outgoing_cltv_delta=200,
                       outgoing_node_id=nobody, max_hold_blocks=10)
-    code, _ = send_v2(a, s, to_nobody, 110_000, 500, then=[(nobody, layer())])
+    def a_poll_later():  # the first "unknown" may only mean gossip is loading: S polls again
+        wait_for(lambda: any("no route" in (h.get("last_error") or "")
+                             for h in call(s, "asyncln-listheld")["held"]))
+        bitcoind.generate_block(6)
+    code, _ = send_v2(a, s, to_nobody, 110_000, 500, then=[(nobody, layer())],
+                      meanwhile=a_poll_later)
     assert code == failures.UNKNOWN_NEXT_TRAMPOLINE
     assert call(s, "asyncln-listheld")["held"] == []
 
