@@ -130,9 +130,11 @@ def test_bad_onions_and_budgets_get_the_failure_that_fits(node_factory, bitcoind
     assert code == failures.INVALID_ONION_PAYLOAD
     code, _ = send_v2(a, s, layer(), 110_000, 300, lambda p: p + b"\x00")  # oversize
     assert code == failures.INVALID_ONION_PAYLOAD
+    assert call(s, "asyncln-listheld")["held"] == []  # each refused before holding
     nobody = onion.public_key("77" * 32)  # a next holder no gossip and no peer knows
     to_nobody = Layer(amt_to_forward=100_000, outgoing_cltv_delta=200,
                       outgoing_node_id=nobody, max_hold_blocks=10)
+
     def a_poll_later():  # the first "unknown" may only mean gossip is loading: S polls again
         wait_for(lambda: any("no route" in (h.get("last_error") or "")
                              for h in call(s, "asyncln-listheld")["held"]))
@@ -140,7 +142,8 @@ def test_bad_onions_and_budgets_get_the_failure_that_fits(node_factory, bitcoind
     code, _ = send_v2(a, s, to_nobody, 110_000, 500, then=[(nobody, layer())],
                       meanwhile=a_poll_later)
     assert code == failures.UNKNOWN_NEXT_TRAMPOLINE
-    assert call(s, "asyncln-listheld")["held"] == []
+    (gone,) = call(s, "asyncln-listheld")["held"]  # held while it might appear, then failed
+    assert gone["state"] == "failed" and "unknown next holder" in gone["last_error"]
 
 
 def test_a_clear_record_payer_and_a_holder_that_refuses_clear_records(node_factory, plugin_path):
