@@ -18,7 +18,7 @@ arrival + n - 1 + HEIGHT_SLACK + route delay.
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .hold import HEIGHT_SLACK
+from .hold import HEIGHT_SLACK, hold_limit
 from .policy import Policy
 
 # CLTV a holder may spend on the route to the next node, on top of the CLTV
@@ -48,11 +48,6 @@ def _margin(policy: Policy, hold_blocks: int) -> int:
     ``LEG_CLTV_BUDGET``, and ``safety_blocks`` must remain after all that.
     """
     return hold_blocks - 1 + HEIGHT_SLACK + LEG_CLTV_BUDGET + policy.safety_blocks
-
-
-def _hold_limit(policy: Policy, max_hold_blocks: int) -> int:
-    """As hold.py: the payer's cap within the holder's, and a zero hold still gets one attempt."""
-    return max(1, min(max_hold_blocks, policy.max_hold_blocks))
 
 
 def plan_chain(holders: Sequence[Tuple[str, Policy]], amount_msat: int, final_cltv: int,
@@ -86,7 +81,7 @@ def plan_chain(holders: Sequence[Tuple[str, Policy]], amount_msat: int, final_cl
 
 def check_leg(policy: Policy, incoming_msat: int, incoming_cltv_expiry: int, height: int,
               layer_amt_to_forward: int, layer_outgoing_cltv_delta: int,
-              max_hold_blocks: int) -> Optional[Tuple[str, dict]]:
+              max_hold_blocks: Optional[int]) -> Optional[Tuple[str, dict]]:
     """What a holder checks on arrival: None if it can take the leg.
 
     It refuses when the HTLC does not cover its fee, or leaves too little
@@ -104,7 +99,7 @@ def check_leg(policy: Policy, incoming_msat: int, incoming_cltv_expiry: int, hei
     return "fee_or_expiry", {
         "fee_base_msat": policy.fee_base_msat,
         "fee_proportional_millionths": policy.fee_ppm,
-        "cltv_expiry_delta": _margin(policy, _hold_limit(policy, max_hold_blocks)),
+        "cltv_expiry_delta": _margin(policy, hold_limit(policy, max_hold_blocks)),
     }
 
 
@@ -119,4 +114,4 @@ def give_up_height(policy: Policy, incoming_cltv_expiry: int, height: int,
     """
     cltv_bound = (incoming_cltv_expiry - policy.safety_blocks - LEG_CLTV_BUDGET
                   - outgoing_cltv_delta - HEIGHT_SLACK + 1)
-    return min(height + _hold_limit(policy, max_hold_blocks), cltv_bound)
+    return min(height + hold_limit(policy, max_hold_blocks), cltv_bound)

@@ -45,6 +45,13 @@ HEIGHT_SLACK = 2
 CANCELLED_BY_PAYER = "cancelled by payer"
 
 
+def hold_limit(policy: Policy, max_hold_blocks: Optional[int]) -> int:
+    """Blocks we hold: the payer's cap within ours; a zero hold still gets its first attempt."""
+    if max_hold_blocks is None:
+        return max(policy.max_hold_blocks, 1)
+    return max(min(policy.max_hold_blocks, max_hold_blocks), 1)
+
+
 @dataclass(frozen=True)
 class Incoming:
     """The HTLC offered to us, as the htlc_accepted hook reports it."""
@@ -306,11 +313,11 @@ class Relay:
         if rejection is not None:
             return rejection, []
 
-        hold_limit = self._hold_limit(record)
+        limit = hold_limit(self.policy, record.max_hold_blocks)
         held = HeldPayment(
             payment_hash=payment_hash, incoming=incoming, record=record,
             hold_start=self.height,
-            give_up_height=min(self.height + hold_limit, self._last_forward_bound(incoming, record)),
+            give_up_height=min(self.height + limit, self._last_forward_bound(incoming, record)),
             next_poll_height=self.height)
         self._put(held)
         return Hold(), [Persist(held)] + self._try(held)
@@ -655,13 +662,6 @@ class Relay:
             return self._fail(held, GAVE_UP)
         return self._try(held)
 
-    def _hold_limit(self, record: TrampolineRecord) -> int:
-        """The payer's cap within ours; a zero hold still gets its first attempt."""
-        hold_limit = self.policy.max_hold_blocks
-        if record.max_hold_blocks is not None:
-            hold_limit = min(hold_limit, record.max_hold_blocks)
-        return max(hold_limit, 1)
-
     def _last_forward_bound(self, incoming: Incoming, record: TrampolineRecord) -> int:
         """First height at which even a direct forward lacks CLTV margin."""
         return (incoming.cltv_expiry - self.policy.safety_blocks
@@ -671,7 +671,8 @@ class Relay:
         """#836's fee-or-expiry refusal, with the CLTV delta we add above the next node's."""
         return failures.trampoline_fee_or_expiry_insufficient(
             self.policy.fee_base_msat, self.policy.fee_ppm,
-            self._hold_limit(record) - 1 + HEIGHT_SLACK + self.policy.safety_blocks)
+            hold_limit(self.policy, record.max_hold_blocks) - 1 + HEIGHT_SLACK
+            + self.policy.safety_blocks)
 
     def _admission_error(self, incoming: Incoming, record: TrampolineRecord, offset: int,
                          forward_msat: int, outgoing_cltv: int) -> Optional[Reject]:

@@ -22,6 +22,7 @@ from coincurve import PrivateKey
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from . import keys
 from .wire import is_point
 
 NOTE_KEY_LABEL = "asyncln-note-key"
@@ -30,7 +31,6 @@ SEALED_OVERHEAD = 33 + 16  # ephemeral pubkey + Poly1305 tag
 MAX_SEALED_BYTES = MAX_NOTE_BYTES + SEALED_OVERHEAD
 
 _KDF_LABEL = b"asyncln-note"
-_CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 # Every note has its own key, so one nonce value never meets the same key twice.
 _NONCE = bytes(12)
 
@@ -40,17 +40,11 @@ class NoteError(ValueError):
 
 
 def note_secret_key(secret_hex: str) -> bytes:
-    """B's note secret key, from the hex ``secret`` that ``makesecret`` returned.
-
-    makesecret already derives a label-specific secret from the HSM secret, so
-    it only needs reducing to a scalar; a value the reduction changes turns up
-    with probability about 2^-128.
-    """
-    secret = _hex(secret_hex, 32, "makesecret secret")
-    scalar = int.from_bytes(secret, "big") % _CURVE_ORDER
-    if scalar == 0:
-        raise NoteError("makesecret secret is not usable as a key")
-    return scalar.to_bytes(32, "big")
+    """B's note secret key, from the hex ``secret`` that ``makesecret NOTE_KEY_LABEL`` returned."""
+    try:
+        return keys.secret_key(secret_hex)
+    except ValueError as e:
+        raise NoteError(str(e)) from None
 
 
 def note_public_key(secret_hex: str) -> str:

@@ -15,11 +15,9 @@ key from a payment code) can check it with ``checkmessage``.
 import os
 from typing import List, Optional, Sequence, Tuple
 
-from coincurve import PrivateKey
-
 from . import sphinx
+from .keys import public_key, secret_key  # noqa: F401 (the holder's key: ONION_KEY_LABEL)
 from .layer import Layer
-from .note import note_secret_key
 from .record import RECORD_TYPE
 from .wire import encode_bigsize, encode_tlv_stream, encode_tu, find_tlv
 
@@ -30,15 +28,6 @@ PACKET_SIZE = 1 + 33 + PAYLOAD_SIZE + sphinx.HMAC_LEN
 # A payee-built tail rides inside the payer's layer for the Rod: it must be smaller.
 TAIL_PAYLOAD_SIZE = 300
 TAIL_PACKET_SIZE = 1 + 33 + TAIL_PAYLOAD_SIZE + sphinx.HMAC_LEN
-
-
-def secret_key(makesecret_hex: str) -> bytes:
-    """The holder's asyncln secret key: the same reduction as the note key, another label."""
-    return note_secret_key(makesecret_hex)
-
-
-def public_key(makesecret_hex: str) -> str:
-    return PrivateKey(secret_key(makesecret_hex)).public_key.format().hex()
 
 
 def key_statement(onion_key: str) -> str:

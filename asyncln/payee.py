@@ -20,21 +20,13 @@ from coincurve import PrivateKey, PublicKey
 
 from . import onion
 from .layer import Layer
-from .note import note_secret_key
+from .keys import public_key, secret_key  # noqa: F401 (the payee key: PAYEE_KEY_LABEL)
 from .record import HintHop
 from .wire import DecodeError
 
 PAYEE_KEY_LABEL = "asyncln-payee-key"
 MAX_FINAL_CLTV = 144  # a day: more than any recipient needs (lightningd's default is 18)
 _STATEMENT = "asyncln-private-offer:"
-
-
-def secret_key(makesecret_hex: str) -> bytes:
-    return note_secret_key(makesecret_hex)
-
-
-def public_key(makesecret_hex: str) -> str:
-    return PrivateKey(secret_key(makesecret_hex)).public_key.format().hex()
 
 
 def sign(makesecret_hex: str, message: bytes) -> str:

@@ -52,9 +52,7 @@ def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, po
     if not layer.is_final and following is None:
         return Reject(bad, "a layer for a next holder, but no onion for it")
     short = chain.check_leg(policy, incoming.amount_msat, incoming.cltv_expiry, height,
-                            layer.amt_to_forward, layer.outgoing_cltv_delta,
-                            policy.max_hold_blocks if layer.max_hold_blocks is None
-                            else layer.max_hold_blocks)
+                            layer.amt_to_forward, layer.outgoing_cltv_delta, layer.max_hold_blocks)
     refusal = None
     if short is not None:
         _, terms = short

@@ -45,7 +45,7 @@ class RodShell:
         self.asking: set = set()   # my Rods whose answer we await: only an answer tops up
         self._slots: Dict[Tuple, Tuple[str, queue.Queue]] = {}  # what we wait for -> (peer, slot)
         self._slots_lock = threading.Lock()
-        self._note_secret: Optional[str] = None
+        self._secrets: Dict[str, str] = {}  # makesecret label -> secret
         self.rod_keys: Dict[str, str] = {}  # Rod -> onion key, vouched for by the Rod (from codes)
 
     # --- messages (hook thread: no I/O here, hand work to the worker) -----------
@@ -258,13 +258,16 @@ class RodShell:
         return payee.PrivateOffer(payment_hash, expires_at, cltv, tail, signature)
 
     def payee_secret(self) -> str:
-        return self.node.rpc.call("makesecret", {"string": payee.PAYEE_KEY_LABEL})["secret"]
+        return self._secret(payee.PAYEE_KEY_LABEL)
 
     def note_secret(self) -> str:
-        if self._note_secret is None:
-            self._note_secret = self.node.rpc.call(
-                "makesecret", {"string": note.NOTE_KEY_LABEL})["secret"]
-        return self._note_secret
+        return self._secret(note.NOTE_KEY_LABEL)
+
+    def _secret(self, label: str) -> str:
+        """makesecret's answer for ``label``, asked once: a top-up signs up to 32 offers."""
+        if label not in self._secrets:
+            self._secrets[label] = self.node.rpc.call("makesecret", {"string": label})["secret"]
+        return self._secrets[label]
 
     def receive_note(self, my_rod: str, msg: messages.Note) -> None:
         """Store what opens; acknowledge either way, so that the Rod drops a bad note too.
@@ -442,6 +445,14 @@ class RodShell:
                                Code.INVOICE_MISMATCH)
         return answer
 
+    def _used(self, payment_hash: str) -> set:
+        """Hashes we fetched or paid before, and this one if lightningd ever sent to it."""
+        with self.node.lock:
+            used = set(self.node.pays) | set(self.node.fetched)
+        if self.node.rpc.call("listsendpays", {"payment_hash": payment_hash})["payments"]:
+            used.add(payment_hash)
+        return used
+
     def _check_offer(self, raw: str, payee_key: str, rod_id: str) -> payee.PrivateOffer:
         """Signed by the code's payee key for this Rod, unexpired, and a hash never used."""
         try:
@@ -449,11 +460,8 @@ class RodShell:
         except (ValueError, DecodeError) as e:
             raise AsynclnError(f"the Rod's private offer is unreadable: {e}",
                                Code.INVOICE_MISMATCH)
-        with self.node.lock:
-            used = set(self.node.pays) | set(self.node.fetched)
-        if self.node.rpc.call("listsendpays", {"payment_hash": offer.payment_hash})["payments"]:
-            used.add(offer.payment_hash)
-        problem = payee.check_offer(offer, payee_key, rod_id, int(time.time()), used)
+        problem = payee.check_offer(offer, payee_key, rod_id, int(time.time()),
+                                    self._used(offer.payment_hash))
         if problem:
             raise AsynclnError(f"the Rod's private offer is refused: {problem}",
                                Code.HASH_REUSED if "reuses" in problem else Code.INVOICE_MISMATCH)
@@ -481,13 +489,9 @@ class RodShell:
         except RpcError as e:
             raise AsynclnError(f"the Rod's invoice does not decode: {rpc_message(e)}",
                                Code.INVOICE_MISMATCH)
-        with self.node.lock:
-            used = set(self.node.pays) | set(self.node.fetched)
-        if self.node.rpc.call("listsendpays", {"payment_hash": decoded.get("payment_hash", "")}
-                              )["payments"]:
-            used.add(decoded["payment_hash"])
         invoice = payer.check_fetched(decoded, recipient_id, amount_msat, int(time.time()),
-                                      bolt11, used, rod_id=rod_id)
+                                      bolt11, self._used(decoded.get("payment_hash", "")),
+                                      rod_id=rod_id)
         self.node.remember_fetched(invoice.payment_hash, rod_id)
         return invoice
 
