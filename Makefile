@@ -6,20 +6,25 @@ export RUST ?= 0
 # lightningd starts plugin.py through its `python3` shebang: use the venv's.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test unit stdio integration bench demo clean
+.PHONY: setup test smoke unit stdio integration bench demo lock clean
 
 setup: $(VENV)/.installed
 
+# Every package, transitive ones included, comes from the hash-locked file:
+# a fresh machine installs exactly what CI tested, whatever the registry serves.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-dev.txt
 	$(PY) -c "import coincurve, pyln.client, pyln.proto, pyln.testing"
 	touch $@
 
-# All tiers; the integration tier skips (and says why) without lightningd/bitcoind.
-test: setup
+# The smoke test goes first: a broken dependency fails in seconds, named.
+# Then all tiers; the integration tier skips (and says why) without lightningd/bitcoind.
+test: smoke
 	$(PY) -m pytest -ra tests
+
+smoke: setup
+	$(PY) -m pytest -q tests/test_smoke.py
 
 unit: setup
 	$(PY) -m pytest -ra tests --ignore=tests/integration --ignore=tests/test_plugin_stdio.py
@@ -42,6 +47,14 @@ demo: setup
 	  echo "demo: $$bin is not on PATH, so the regtest demo cannot run (see README, 'Integration tests')"; done
 	$(PY) -m pytest -s -q -rs tests/integration/test_scenario.py tests/integration/test_rod_flows.py \
 	  -k "offline_recipient_is_paid or private_recipient_paid_through_its_rod"
+
+# Regenerate the hash locks from requirements.in and requirements-dev.in, from the
+# default package index only (no machine-local wheel folders or indexes).
+LOCK_ENV := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null CUSTOM_COMPILE_COMMAND="make lock"
+LOCK_FLAGS := --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links --upgrade
+lock: setup
+	$(LOCK_ENV) $(PY) -m piptools compile $(LOCK_FLAGS) -o requirements.txt requirements.in
+	$(LOCK_ENV) $(PY) -m piptools compile $(LOCK_FLAGS) -o requirements-dev.txt requirements-dev.in
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -7,8 +7,9 @@ must be smaller than 1300 bytes, so the size is a parameter here; with 1300
 this is byte for byte the BOLT 4 onion.
 
 From pyln-proto's ``onion`` module we reuse ``generate_key`` (the HMAC key
-derivation, e.g. ``rho``/``mu``) and ``chacha20_stream`` (XOR a buffer with a
-ChaCha20 stream). Its ``RoutingOnion``/``SphinxPath`` do not fit: the payload
+derivation, e.g. ``rho``/``mu``). The ChaCha20 stream is our own (``_xor``):
+pyln-proto's ``chacha20_stream`` encrypts in place with ``update_into(buf, buf)``,
+which cryptography 51 refuses, and no money path may hang on such a trick. Its ``RoutingOnion``/``SphinxPath`` do not fit: the payload
 size is the module constant ``ROUTING_INFO_SIZE`` = 1300 in their asserts,
 parsing and filler; ``SphinxPath`` sizes the filler from ``hops[1:]`` instead
 of ``hops[:-1]``, so with unequal payloads it does not reproduce the BOLT 4
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from coincurve import PrivateKey, PublicKey
-from pyln.proto.onion import chacha20_stream, generate_key
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from pyln.proto.onion import generate_key
 
 from .wire import DecodeError, decode_bigsize, is_point
 
@@ -38,10 +40,14 @@ class OnionError(DecodeError):
     """An onion or error packet that we must not act on."""
 
 
+def _xor(key: bytes, data: bytes) -> bytearray:
+    """``data`` XOR the ChaCha20 stream of ``key`` (BOLT 4: a zero 96-bit nonce, counter 0)."""
+    encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    return bytearray(encryptor.update(bytes(data)))
+
+
 def _stream(key: bytes, length: int) -> bytearray:
-    buf = bytearray(length)
-    chacha20_stream(key, buf)
-    return buf
+    return _xor(key, bytes(length))
 
 
 def _mac(key: bytes, *parts: bytes) -> bytes:
@@ -122,8 +128,7 @@ def create_onion(session_key: bytes, hops: Sequence[Tuple[bytes, bytes]], assocd
     buf = _stream(generate_key(session_key, b"pad"), payload_size)
     next_hmac = bytes(HMAC_LEN)
     for i in reversed(range(len(hops))):
-        buf = bytearray((hops[i][1] + next_hmac + buf)[:payload_size])
-        chacha20_stream(rhos[i], buf)
+        buf = _xor(rhos[i], (hops[i][1] + next_hmac + buf)[:payload_size])
         if i == len(hops) - 1:
             buf[payload_size - len(filler):] = filler
         next_hmac = _mac(generate_key(secrets[i], b"mu"), buf, assocdata)
@@ -142,8 +147,7 @@ def peel(packet: Packet, private_key: bytes, assocdata: bytes) -> Peeled:
 
     size = len(packet.payloads)
     # Zeros appended before decrypting become the stream bytes the creator's filler expects.
-    buf = bytearray(packet.payloads) + bytes(size)
-    chacha20_stream(generate_key(secret, b"rho"), buf)
+    buf = _xor(generate_key(secret, b"rho"), packet.payloads + bytes(size))
     try:
         length, start = decode_bigsize(buf)
     except DecodeError as e:
@@ -171,9 +175,7 @@ def create_error(shared_secret: bytes, failure_message: bytes, pad_to: int = 256
 
 def wrap_error(shared_secret: bytes, error_packet: bytes) -> bytes:
     """Add one hop's obfuscation layer (the erring hop applies it too)."""
-    buf = bytearray(error_packet)
-    chacha20_stream(generate_key(shared_secret, b"ammag"), buf)
-    return bytes(buf)
+    return bytes(_xor(generate_key(shared_secret, b"ammag"), error_packet))
 
 
 def decode_error(shared_secrets: Sequence[bytes], error_packet: bytes) -> Tuple[int, bytes]:

@@ -9,7 +9,9 @@ import pytest
 from coincurve import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pyln.proto.onion import RoutingOnion, chacha20_stream, generate_key
+import pyln.proto.onion
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from pyln.proto.onion import RoutingOnion, generate_key
 from pyln.proto.primitives import PrivateKey as PylnPrivateKey
 
 from asyncln.sphinx import (
@@ -61,10 +63,22 @@ def pub(key):
 def seal(plaintext, hop_key, assocdata=AD, session=b"\x07" * 32):
     """A one-layer packet with an authentic HMAC around ``plaintext``, whatever it contains."""
     secret = PrivateKey(session).ecdh(pub(hop_key))
-    buf = bytearray(plaintext)
-    chacha20_stream(generate_key(secret, b"rho"), buf)
-    mac = hmac.new(generate_key(secret, b"mu"), bytes(buf) + assocdata, hashlib.sha256).digest()
-    return Packet(ONION_VERSION, pub(session), bytes(buf), mac)
+    buf = chacha20_xor(generate_key(secret, b"rho"), plaintext)
+    mac = hmac.new(generate_key(secret, b"mu"), buf + assocdata, hashlib.sha256).digest()
+    return Packet(ONION_VERSION, pub(session), buf, mac)
+
+
+def chacha20_xor(key, data):
+    return Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(data))
+
+
+@pytest.fixture
+def pyln_oracle(monkeypatch):
+    """pyln-proto's unwrap, with its in-place stream (refused by cryptography >= 51) done by copy."""
+    def stream(key, buf):
+        buf[:] = chacha20_xor(key, buf)
+    monkeypatch.setattr(pyln.proto.onion, "chacha20_stream", stream)
+    return RoutingOnion
 
 
 # --- BOLT 4 vectors ---------------------------------------------------------
@@ -75,7 +89,7 @@ def test_create_onion_reproduces_the_vector_byte_for_byte():
     assert secrets == SECRETS  # the error vector lists the same route's shared secrets
 
 
-def test_peeling_the_vector_yields_each_payload_and_the_next_onion():
+def test_peeling_the_vector_yields_each_payload_and_the_next_onion(pyln_oracle):
     keys = [bytes.fromhex(k) for k in ONION["decode"]]
     assert [pub(k) for k in keys] == [pubkey for pubkey, _ in HOPS]
     packet = Packet.parse(bytes.fromhex(ONION["onion"]), 1300)
@@ -84,7 +98,7 @@ def test_peeling_the_vector_yields_each_payload_and_the_next_onion():
         assert peeled.payload == body(HOPS[i][1])
         assert peeled.shared_secret == SECRETS[i]
         # pyln-proto's fixed-size implementation as an independent oracle for the next onion
-        _, expected = RoutingOnion.from_bin(packet.serialize()).unwrap(
+        _, expected = pyln_oracle.from_bin(packet.serialize()).unwrap(
             PylnPrivateKey(key), bytes.fromhex(GEN["associated_data"]))
         if i == len(keys) - 1:
             assert peeled.next_packet is None and expected is None
