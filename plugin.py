@@ -69,6 +69,11 @@ for _name, (_field, _) in recipient.OPTIONS.items():
 NODE: Node = None
 
 
+def started_as() -> list:
+    """plugin.py, and the file lightningd executed (reckless's wrapper runs plugin.py from another)."""
+    return [os.path.abspath(__file__)] + [os.path.abspath(a) for a in sys.orig_argv[1:] if os.path.isfile(a)]
+
+
 @plugin.init()
 def init(options, configuration, plugin, **kwargs):
     global NODE
@@ -78,7 +83,7 @@ def init(options, configuration, plugin, **kwargs):
         config = recipient.RecipientConfig.from_options(options)
     except ValueError as e:
         policy, limits, config, refused = DEFAULTS, _LIMITS, _RECIPIENT, str(e)
-    node = Node(plugin.rpc, plugin.log, policy, refused, os.path.abspath(__file__),
+    node = Node(plugin.rpc, plugin.log, policy, refused, started_as(),
                 limits, config)
     if refused and not node.has_open_records():
         return {"disable": refused}

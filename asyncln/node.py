@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import replace
-from typing import Callable, Dict, List, Optional, assert_never
+from typing import Callable, Dict, List, Optional, Sequence, assert_never
 
 from pyln.client import RpcError
 
@@ -79,7 +79,7 @@ class Node:
     """Everything the shell keeps between calls; one per plugin process."""
 
     def __init__(self, rpc, log: Callable[..., None], policy: Policy,
-                 refused_options: Optional[str] = None, plugin_path: Optional[str] = None,
+                 refused_options: Optional[str] = None, plugin_paths: Sequence[str] = (),
                  rod_limits: rod.RodLimits = rod.RodLimits(),
                  recipient: RecipientConfig = RecipientConfig()):
         self.rpc = rpc
@@ -89,7 +89,7 @@ class Node:
         info = rpc.getinfo()
         self.node_id = info["id"]
         self.refused_options = refused_options
-        self.important = self._is_important(plugin_path)
+        self.important = self._is_important(plugin_paths)
         self.relay = hold.Relay(
             policy, info["blockheight"], self._load("held", hold.HeldPayment.from_json).values(),
             synced=synced(info), accept_new=refused_options is None)
@@ -621,16 +621,20 @@ class Node:
             c.get("peer_connected") and c.get("state") == "CHANNELD_NORMAL"
             and c.get("reestablished", True) for c in channels)
 
-    def _is_important(self, plugin_path: Optional[str]) -> bool:
-        """Loaded with important-plugin=, so that lightningd stops rather than fail held HTLCs."""
-        if plugin_path is None:
+    def _is_important(self, plugin_paths: Sequence[str]) -> bool:
+        """Loaded with important-plugin=, so that lightningd stops rather than fail held HTLCs.
+
+        ``plugin_paths``: plugin.py and what lightningd started (``sys.argv[0]``),
+        which is another file when reckless's wrapper runs plugin.py.
+        """
+        if not plugin_paths:
             return False
         try:
             configs = self.rpc.call("listconfigs", {"config": "important-plugin"})["configs"]
         except (RpcError, KeyError):
             return False
         paths = configs.get("important-plugin", {}).get("values_str", [])
-        return os.path.realpath(plugin_path) in {os.path.realpath(p) for p in paths}
+        return not {os.path.realpath(p) for p in plugin_paths}.isdisjoint(os.path.realpath(p) for p in paths)
 
     # --- the paying side ---------------------------------------------------
 

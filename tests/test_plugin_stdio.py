@@ -1,6 +1,7 @@
 """plugin.py over its stdio JSON-RPC protocol, with a scripted RPC socket."""
 
 import json
+import os
 import threading
 import time
 
@@ -488,3 +489,27 @@ def test_code_without_a_rod_is_a_bad_parameter(node):
     plugin, rpc = started(node)
     error = plugin.request("asyncln-code", {})["error"]
     assert error["code"] == 2113 and "asyncln-rod" in error["message"]
+
+
+@pytest.mark.parametrize("via_wrapper", [False, True])
+def test_important_plugin_is_recognised_through_a_reckless_style_wrapper(tmp_path, via_wrapper):
+    """reckless starts a wrapper that runs ``runpy.run_module("asyncln")``; lightningd names the wrapper."""
+    from plugin_harness import ROOT
+    wrapper = tmp_path / "asyncln.py"
+    wrapper.write_text("import runpy, sys\n"   # what reckless's create_wrapper writes
+                       f"sys.path.append({ROOT!r})\n"
+                       f"if {str(tmp_path)!r} in sys.path:\n"
+                       f"    sys.path.remove({str(tmp_path)!r})\n"
+                       "runpy.run_module('asyncln', {}, '__main__')\n")
+    started_as = str(wrapper) if via_wrapper else os.path.join(ROOT, "plugin.py")
+    rpc = ScriptedRpc(str(tmp_path))
+    rpc.handlers["listconfigs"] = lambda p: {
+        "configs": {"important-plugin": {"values_str": [started_as]}}}
+    plugin = PluginProcess(plugin=started_as, directory=str(tmp_path))
+    try:
+        plugin.start(rpc)
+        info = plugin.request("asyncln-getinfo", {})["result"]
+        assert info["important_plugin"] is True
+        assert not any("important-plugin" in w for w in info.get("warnings", []))
+    finally:
+        plugin.close()
