@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export RUST ?= 0
 # lightningd starts plugin.py through its `python3` shebang: use the venv's.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# lightningd/bitcoind from PATH, else from ../shared/tools/build-ln.sh's $$HOME/ln-build/bin.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):$(HOME)/ln-build/bin
 
 .PHONY: setup test smoke unit stdio integration bench demo lock clean
 
@@ -41,12 +42,10 @@ bench: setup
 	$(PY) bench/bench_core.py
 
 # On a local regtest: A pays offline B through S; then B, offline from the
-# start, is paid through its Rod R with an invoice it deposited there.
+# start, is paid through its Rod R with an invoice it deposited there. About
+# 20 lines of story; lightningd's logs go to files under /tmp/asyncln-demo.
 demo: setup
-	@for bin in lightningd bitcoind; do command -v $$bin >/dev/null || \
-	  echo "demo: $$bin is not on PATH, so the regtest demo cannot run (see README, 'Integration tests')"; done
-	$(PY) -m pytest -s -q -rs tests/integration/test_scenario.py tests/integration/test_rod_flows.py \
-	  -k "offline_recipient_is_paid or private_recipient_paid_through_its_rod"
+	$(PY) -m pytest -q --no-header -p no:cacheprovider --show-capture=no --tb=short demo
 
 # Regenerate the hash locks from requirements.in and requirements-dev.in, from the
 # default package index only (no machine-local wheel folders or indexes).
