@@ -7,7 +7,6 @@ worker thread. Every node runs the same plugin: as payer, as holding node
 and as recipient.
 """
 
-import functools
 import inspect
 import os
 import sys
@@ -15,11 +14,11 @@ import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from pyln.client import Plugin, RpcException  # noqa: E402
-from pyln.client.plugin import RequestState  # noqa: E402
+from pyln.client import Plugin  # noqa: E402
+from pyln.client.plugin import Method, RequestState  # noqa: E402
 
-from asyncln import __version__, failures, messages, recipient, rod  # noqa: E402
-from asyncln.errors import AsynclnError  # noqa: E402
+from asyncln import __version__, failures, messages, params, recipient, rod  # noqa: E402
+from asyncln.errors import AsynclnError, Code  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
 from asyncln.node import CONTINUE, Node, carries_record  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
@@ -150,41 +149,56 @@ def on_sendpay_failure(plugin, **kwargs):
 
 # --- RPC --------------------------------------------------------------------------
 
-def rpc(name, waits=False):
-    """Register an RPC method; AsynclnError becomes an RPC error with its code.
+def rpc(name, waits=False, **kinds):
+    """Register an RPC method whose parameters are checked for form (asyncln.params) first.
 
-    A method that ``waits`` for a peer's answer runs on its own thread, so
-    that lightningd's hooks (and that very answer) are never kept waiting.
+    ``kinds`` names each parameter's checker. An AsynclnError becomes an RPC
+    error with its code and message and no traceback (pyln would attach and
+    log one): a user's mistake is not a crash. A method that ``waits`` for a
+    peer's answer runs on its own thread, so that lightningd's hooks (and
+    that very answer) are never kept waiting.
     """
     def register(f):
-        def call(args, kwargs):
-            try:
-                return f(*args, **kwargs)
-            except AsynclnError as e:
-                raise RpcException(str(e), int(e.code))
+        signature = inspect.signature(f)
 
-        if waits:
-            def method(plugin, request, *args, **kwargs):
-                def work():
-                    try:
-                        request.set_result(call((plugin,) + args, kwargs))
-                    except Exception as e:
-                        request.set_exception(e)
-                threading.Thread(target=work, name=name, daemon=True).start()
-        else:
-            def method(*args, **kwargs):
-                return call(args, kwargs)
-        functools.update_wrapper(method, f)
-        params = list(inspect.signature(f).parameters.values())
-        if waits:  # pyln hands background methods their request after `plugin`
-            params.insert(1, inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD))
-        method.__signature__ = inspect.Signature(params)  # pyln builds `usage` from it
-        plugin.add_method(name, method, background=waits, description=f.__doc__)
+        def answer(request, args, kwargs):
+            try:
+                bound = signature.bind(*args, **kwargs).arguments
+                checked = params.check(kinds, {k: v for k, v in bound.items() if k != "plugin"})
+                request.set_result(f(bound["plugin"], **checked))
+            except TypeError as e:   # a missing or unknown parameter, as bind() says
+                refuse(request, AsynclnError(str(e), Code.INVALID_PARAMS))
+            except AsynclnError as e:
+                refuse(request, e)
+            except Exception as e:
+                plugin.log(f"asyncln: internal error in {name}: {e!r}", level="broken")
+                refuse(request, AsynclnError(f"internal error: {e!r}", Code.INTERNAL))
+
+        def method(plugin, request, *args, **kwargs):
+            if waits:
+                threading.Thread(target=answer, args=(request, (plugin,) + args, kwargs),
+                                 name=name, daemon=True).start()
+            else:
+                answer(request, (plugin,) + args, kwargs)
+        # pyln binds parameters to ``method``'s signature and answers a mismatch itself,
+        # with -32600 and a traceback: take them all, bind in ``answer``, and show f's usage.
+        plugin.add_method(name, method, background=True, description=f.__doc__)
+        usage = Method(name, f, description=f.__doc__).get_usage()
+        plugin.methods[name].get_usage = lambda: usage
         return f
     return register
 
 
-@rpc("asyncln-pay", waits=True)
+def refuse(request, error: AsynclnError) -> None:
+    """An error answer with code and message only: pyln's set_exception adds a ~30-line traceback."""
+    request._write_result({"jsonrpc": "2.0", "id": request.id,
+                           "error": {"code": int(error.code), "message": str(error)}})
+    request.state = RequestState.FAILED
+
+
+@rpc("asyncln-pay", waits=True, invstring=params.text, trampoline=params.node_id,
+     maxfee_msat=params.amount, max_hold_blocks=params.integer, amount_msat=params.amount,
+     note=params.text, clear=params.boolean)
 def asyncln_pay(plugin, invstring, trampoline=None, maxfee_msat=None, max_hold_blocks=None,
                 amount_msat=None, note=None, clear=False):
     """Pay a BOLT11 invoice or a payment code through a holding node that waits for an offline recipient.
@@ -198,19 +212,19 @@ def asyncln_pay(plugin, invstring, trampoline=None, maxfee_msat=None, max_hold_b
     return NODE.pay(invstring, trampoline, maxfee_msat, max_hold_blocks, amount_msat, note, clear)
 
 
-@rpc("asyncln-fetchinvoice", waits=True)
+@rpc("asyncln-fetchinvoice", waits=True, code=params.text, amount_msat=params.amount, note=params.text)
 def asyncln_fetchinvoice(plugin, code, amount_msat, note=None):
     """Fetch one presigned invoice of an offline recipient from the Rod its payment code names."""
     return NODE.fetchinvoice(code, amount_msat, note)
 
 
-@rpc("asyncln-code")
+@rpc("asyncln-code", private=params.boolean)
 def asyncln_code(plugin, private=False):
     """My payment code: my node id (or, private=true, only a payee key), my Rods and my note key, signed."""
-    return NODE.rods.code(str(private).lower() in ("true", "1"))
+    return NODE.rods.code(private)
 
 
-@rpc("asyncln-deposit", waits=True)
+@rpc("asyncln-deposit", waits=True, amount_msat=params.amount, count=params.integer, rod=params.node_id)
 def asyncln_deposit(plugin, amount_msat=None, count=1, rod=None):
     """Deposit presigned invoices at my Rod now (fixed-amount with amount_msat)."""
     return NODE.deposit(amount_msat, count, rod)
@@ -222,25 +236,25 @@ def asyncln_listnotes(plugin):
     return NODE.rods.listnotes()
 
 
-@rpc("asyncln-listpays")
+@rpc("asyncln-listpays", payment_hash=params.payment_hash)
 def asyncln_listpays(plugin, payment_hash=None):
     """List payments made with asyncln-pay: pending, held, complete or failed."""
     return NODE.listpays(payment_hash)
 
 
-@rpc("asyncln-listheld")
+@rpc("asyncln-listheld", payment_hash=params.payment_hash)
 def asyncln_listheld(plugin, payment_hash=None):
     """List HTLCs this node holds (or held) for offline recipients."""
     return NODE.listheld(payment_hash)
 
 
-@rpc("asyncln-poll")
+@rpc("asyncln-poll", payment_hash=params.payment_hash)
 def asyncln_poll(plugin, payment_hash=None):
     """Re-try delivering one held payment (or all of them) now."""
     return NODE.poll(payment_hash)
 
 
-@rpc("asyncln-cancel", waits=True)
+@rpc("asyncln-cancel", waits=True, payment_hash=params.payment_hash)
 def asyncln_cancel(plugin, payment_hash):
     """Fail a held payment back (holding node), or ask our holding node to (payer).
 

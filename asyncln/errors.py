@@ -8,7 +8,11 @@ from enum import IntEnum
 
 
 class Code(IntEnum):
-    """RPC error codes, in one range (21xx) so operators can grep for them."""
+    """RPC error codes: asyncln's own in one range (21xx) so operators can grep for them,
+    and JSON-RPC's for a malformed request, as lightningd answers its own commands."""
+
+    INVALID_PARAMS = -32602       # a parameter is missing, unknown or malformed (asyncln/params.py)
+    INTERNAL = -32603             # a bug in asyncln: the log says more at `broken`
 
     UNKNOWN_PAYMENT = 2101        # no held payment with that hash
     ATTEMPT_IN_FLIGHT = 2102      # cancel refused: an outgoing attempt may still succeed

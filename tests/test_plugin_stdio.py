@@ -407,7 +407,7 @@ def test_pay_a_code_fetches_then_pays_while_hooks_keep_flowing(node):
 @pytest.mark.parametrize("params, code", [
     ({"invstring": "aln1qqqq", "amount_msat": 1000}, 2135),          # a malformed code
     ({"invstring": "lnbcrt1fetched", "note": "hi"}, 2139),          # a note needs a code
-    ({"invstring": "lnbcrt1fetched", "amount_msat": "lots"}, 2113),
+    ({"invstring": "lnbcrt1fetched", "amount_msat": "lots"}, -32602),   # malformed: invalid params
     ({"invstring": "lnbcrt1fetched"}, 2121),                         # no trampoline known
 ])
 def test_pay_errors_keep_their_codes_on_its_own_thread(node, params, code):
@@ -513,3 +513,69 @@ def test_important_plugin_is_recognised_through_a_reckless_style_wrapper(tmp_pat
         assert not any("important-plugin" in w for w in info.get("warnings", []))
     finally:
         plugin.close()
+
+
+# What a refused call must not do (the worker's own start-up greetings may still run meanwhile).
+CHANGES = ("sendonion", "sendpay", "invoice", "createonion", "deldatastore")
+MALFORMED = [   # method, parameters, the parameter the error must name
+    ("asyncln-pay", {"invstring": 12345}, "invstring"),
+    ("asyncln-pay", {"invstring": "lnbcrt1fetched", "clear": "maybe"}, "clear"),
+    ("asyncln-pay", {"invstring": "lnbcrt1fetched", "maxfee_msat": "5%"}, "maxfee_msat"),
+    ("asyncln-pay", {"invstring": "lnbcrt1fetched", "max_hold_blocks": -3}, "max_hold_blocks"),
+    ("asyncln-pay", {"invstring": "lnbcrt1fetched", "trampoline": "S"}, "trampoline"),
+    ("asyncln-pay", {"invstring": "lnbcrt1fetched", "amount_msat": "1.5sat"}, "amount_msat"),
+    ("asyncln-pay", {"invstring": "lnbcrt1fetched", "note": 7}, "note"),
+    ("asyncln-pay", {"invstring": "lnbcrt1fetched", "bogus": 1}, "bogus"),
+    ("asyncln-pay", {}, "invstring"),
+    ("asyncln-fetchinvoice", {"code": "aln1qqqq", "amount_msat": "lots"}, "amount_msat"),
+    ("asyncln-fetchinvoice", {"code": "aln1qqqq"}, "amount_msat"),
+    ("asyncln-code", {"private": "maybe"}, "private"),
+    ("asyncln-deposit", {"amount_msat": "x"}, "amount_msat"),
+    ("asyncln-deposit", {"count": "two"}, "count"),
+    ("asyncln-deposit", {"rod": "nobody"}, "rod"),
+    ("asyncln-listpays", {"payment_hash": "xyz"}, "payment_hash"),
+    ("asyncln-listheld", {"payment_hash": "nothex"}, "payment_hash"),
+    ("asyncln-poll", {"payment_hash": "ab" * 31}, "payment_hash"),
+    ("asyncln-cancel", {"payment_hash": 5}, "payment_hash"),
+    ("asyncln-cancel", {}, "payment_hash"),
+    ("asyncln-getinfo", {"verbose": True}, "verbose"),
+    ("asyncln-listnotes", {"all": True}, "all"),
+]
+
+
+@pytest.mark.parametrize("method, bad, named", MALFORMED,
+                         ids=[f"{m}-{'-'.join(p) or 'none'}" for m, p, _ in MALFORMED])
+def test_a_malformed_parameter_is_invalid_params_without_a_traceback_and_changes_nothing(node, method, bad,
+                                                                                         named):
+    plugin, rpc = started(node)
+    scripted_b(rpc, amount_msat=50_000)
+    stored = {k for k in rpc.datastore if k[1] in ("pay", "held", "fetched", "rod")}
+    before = len(rpc.calls)
+    error = plugin.request(method, bad)["error"]
+    assert error["code"] == -32602, error
+    assert set(error) == {"code", "message"}, error          # no pyln traceback field
+    assert named in error["message"], error
+    assert not [name for name, _ in rpc.calls[before:] if name in CHANGES]
+    assert {k for k in rpc.datastore if k[1] in ("pay", "held", "fetched", "rod")} == stored
+
+
+def test_amounts_in_cln_forms_are_all_accepted(node):
+    plugin, rpc = started(node)
+    scripted_b(rpc, amount_msat=50_000)
+    for fee in (10_000, "10000msat", "10sat", "0.0000001btc"):
+        error = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched", "maxfee_msat": fee})["error"]
+        assert error["code"] == 2121, error     # past the parameters: no trampoline known
+
+
+def test_a_paid_invoice_with_a_bad_parameter_is_still_invalid_params(node):
+    """Form is checked before any state: a payment that exists does not hide a malformed parameter."""
+    plugin, rpc = started(node)
+    scripted_b(rpc, amount_msat=50_000)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    assert plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})["result"]["status"] == "pending"
+    again = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})["error"]
+    assert again["code"] == 2124                               # well-formed: the payment exists
+    for bad in ({"clear": "maybe"}, {"maxfee_msat": "lots"}, {"trampoline": "S"}):
+        error = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched", **bad})["error"]
+        assert error["code"] == -32602, (bad, error)
+    assert len(rpc.called("sendonion")) == 1
