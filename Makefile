@@ -7,7 +7,7 @@ export RUST ?= 0
 # lightningd/bitcoind from PATH, else from ../shared/tools/build-ln.sh's $$HOME/ln-build/bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):$(HOME)/ln-build/bin
 
-.PHONY: setup test smoke unit stdio integration bench demo lock clean
+.PHONY: setup test smoke unit stdio integration postgres bench demo lock clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # Then all tiers; the integration tier skips (and says why) without lightningd/bitcoind.
 test: smoke
 	$(PY) -m pytest -ra tests
+	$(MAKE) --no-print-directory postgres
 
 smoke: setup
 	$(PY) -m pytest -q tests/test_smoke.py
@@ -35,6 +36,17 @@ stdio: setup
 
 integration: setup
 	$(PY) -m pytest -ra tests/integration
+
+# The money-safety and restart tests again with lightningd on PostgreSQL (pyln-testing's
+# TEST_DB_PROVIDER). PostgreSQL refuses root: as root, tests/integration/postgres runs it as `postgres`.
+PG_TESTS := tests/integration/test_money_safety.py
+postgres: setup
+	@if ! command -v pg_config >/dev/null || [ ! -x "$$(pg_config --bindir)/initdb" ]; then \
+	  echo "SKIPPED postgres tier: PostgreSQL's initdb is not installed (apt-get install postgresql)"; \
+	else \
+	  pg=$$( [ "$$(id -u)" = 0 ] && echo "$(CURDIR)/tests/integration/postgres:" ); \
+	  PATH="$$pg$$PATH" TEST_DB_PROVIDER=postgres $(PY) -m pytest -ra $(PG_TESTS); \
+	fi
 
 bench: setup
 	$(PY) bench/bench_htlc.py
