@@ -68,6 +68,11 @@ for _name, (_field, _) in recipient.OPTIONS.items():
 NODE: Node = None
 
 
+def log(message: str, level: str = "info") -> None:
+    """lightningd tags lines with the file it started (plugin.py, or reckless's asyncln.py): name asyncln."""
+    plugin.log(f"asyncln: {message}", level=level)
+
+
 def started_as() -> list:
     """plugin.py, and the file lightningd executed (reckless's wrapper runs plugin.py from another)."""
     return [os.path.abspath(__file__)] + [os.path.abspath(a) for a in sys.orig_argv[1:] if os.path.isfile(a)]
@@ -82,17 +87,17 @@ def init(options, configuration, plugin, **kwargs):
         config = recipient.RecipientConfig.from_options(options)
     except ValueError as e:
         policy, limits, config, refused = DEFAULTS, _LIMITS, _RECIPIENT, str(e)
-    node = Node(plugin.rpc, plugin.log, policy, refused, started_as(),
+    node = Node(plugin.rpc, log, policy, refused, started_as(),
                 limits, config)
     if refused and not node.has_open_records():
         return {"disable": refused}
     if refused:
         # Never disable with open records: lightningd would fail the held HTLCs.
-        plugin.log(f"options refused ({refused}); serving open records only", level="warn")
+        log(f"options refused ({refused}); serving open records only", level="warn")
     NODE = node
     node.start()
-    plugin.log(f"asyncln {__version__}: {len(node.relay.held)} held, "
-               f"{sum(p.status in PAY_OPEN for p in node.pays.values())} open payments")
+    log(f"version {__version__} started: {len(node.relay.held)} held, "
+        f"{sum(p.status in PAY_OPEN for p in node.pays.values())} open payments")
 
 
 # --- hooks (lightningd treats an error answer to either as fatal: always answer) ---
@@ -105,7 +110,7 @@ def on_htlc_accepted(onion, htlc, request, plugin, peer_id=None, **kwargs):
     try:
         NODE.htlc_accepted(onion, htlc, peer_id, request)
     except Exception as e:
-        plugin.log(f"internal error on HTLC {htlc.get('payment_hash')}: {e!r}", level="warn")
+        log(f"internal error on HTLC {htlc.get('payment_hash')}: {e!r}", level="warn")
         if request.state == RequestState.PENDING and not NODE.is_pending(request):
             request.set_result(FAIL_TEMPORARY if carries_record(onion) else CONTINUE)
 
@@ -115,7 +120,7 @@ def on_custommsg(peer_id, payload, plugin, **kwargs):
     try:
         NODE.custom_message(peer_id, payload)
     except Exception as e:
-        plugin.log(f"internal error on a message from {peer_id}: {e!r}", level="warn")
+        log(f"internal error on a message from {peer_id}: {e!r}", level="warn")
     return CONTINUE
 
 
@@ -171,7 +176,7 @@ def rpc(name, waits=False, **kinds):
             except AsynclnError as e:
                 refuse(request, e)
             except Exception as e:
-                plugin.log(f"asyncln: internal error in {name}: {e!r}", level="broken")
+                log(f"internal error in {name}: {e!r}", level="broken")
                 refuse(request, AsynclnError(f"internal error: {e!r}", Code.INTERNAL))
 
         def method(plugin, request, *args, **kwargs):

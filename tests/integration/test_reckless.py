@@ -41,4 +41,4 @@ def test_reckless_installs_from_a_local_clone_and_lightningd_runs_it(node_factor
     node.start()
     assert any(p["name"].endswith("asyncln.py") and p["active"] for p in node.rpc.plugin("list")["plugins"])
     assert call(node, "asyncln-getinfo")["version"]
-    assert node.daemon.is_in_log(r"plugin-asyncln.py: asyncln .*held")
+    assert node.daemon.is_in_log(r"plugin-asyncln.py: asyncln: .* held")
