@@ -57,7 +57,7 @@ bench: setup
 # start, is paid through its Rod R with an invoice it deposited there. About
 # 20 lines of story; lightningd's logs go to files under /tmp/asyncln-demo.
 demo: setup
-	$(PY) -m pytest -q --no-header -p no:cacheprovider --show-capture=no --tb=short demo
+	$(PY) -m pytest -qq --no-header -p no:cacheprovider --show-capture=no --tb=short demo
 
 # Regenerate the hash locks from requirements.in and requirements-dev.in, from the
 # default package index only (no machine-local wheel folders or indexes).

@@ -30,3 +30,15 @@ def directory(test_name):
 @pytest.fixture
 def plugin_path():
     return os.path.join(ROOT, "plugin.py")
+
+
+@pytest.fixture
+def say(pytestconfig):
+    """A line of the story, straight to the terminal: pytest captures the rest, lightningd's logs included."""
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say(text: str) -> None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(text)
+    return say

@@ -6,18 +6,11 @@ story reaches the terminal. Any failed step fails the demo (non-zero exit).
 
 import hashlib
 import os
-import sys
 
 from pyln.testing.utils import wait_for
 
 HOLD = {"asyncln-poll-blocks": 6, "asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30,
         "may_reconnect": True}
-
-
-def say(text: str) -> None:
-    """Straight to the terminal: pytest captures everything else, lightningd's log lines included."""
-    sys.__stdout__.write(f"{text}\n")
-    sys.__stdout__.flush()
 
 
 def call(node, method, **params):
@@ -45,11 +38,11 @@ def proof(pay) -> str:
 
 
 def logs(directory, names) -> str:
-    return ", ".join(f"{name}: {os.path.join(directory, f'lightning-{i}', 'log')}"
-                     for i, name in enumerate(names, start=1))
+    return f"{os.path.join(directory, 'lightning-{' + ','.join(map(str, range(1, len(names) + 1))) + '}', 'log')}" \
+           f" ({', '.join(names)})"
 
 
-def test_1_the_recipient_goes_offline_and_s_holds(node_factory, plugin_path, directory):
+def test_1_the_recipient_goes_offline_and_s_holds(node_factory, plugin_path, directory, say):
     say("\n== Story 1: B goes offline; S holds A's payment until B is back ==")
     a, s, b = node_factory.line_graph(3, opts={**HOLD, "plugin": plugin_path}, wait_for_announce=True)
     invoice = b.rpc.invoice(100_000, "coffee", "a coffee")
@@ -76,13 +69,12 @@ def test_1_the_recipient_goes_offline_and_s_holds(node_factory, plugin_path, dir
     say(f"   logs: {logs(directory, 'ASB')}")
 
 
-def test_2_the_recipient_is_offline_from_the_start(node_factory, plugin_path, directory):
+def test_2_the_recipient_is_offline_from_the_start(node_factory, plugin_path, directory, say):
     say("\n== Story 2: B is offline before anyone pays it; its Rod R serves its invoices ==")
     pool = 4
     (a, r) = node_factory.get_nodes(2, opts={**HOLD, "plugin": plugin_path})
-    b = node_factory.get_node(options={**HOLD, "plugin": plugin_path, "asyncln-rod-pool": pool,
-                                       "asyncln-rod": f"{r.info['id']}@localhost:{r.port}"},
-                              may_reconnect=True)
+    (b,) = node_factory.get_nodes(1, opts=[{**HOLD, "plugin": plugin_path, "asyncln-rod-pool": pool,
+                                            "asyncln-rod": f"{r.info['id']}@localhost:{r.port}"}])
     node_factory.join_nodes([a, r], wait_for_announce=True)
     node_factory.join_nodes([r, b], announce_channels=False)
     b.rpc.disconnect(r.info["id"], force=True)   # the first top-up may beat the channel
