@@ -51,6 +51,10 @@ def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, po
         return Reject(failures.unknown_next_trampoline(), "the onion loops back to us")
     if not layer.is_final and following is None:
         return Reject(bad, "a layer for a next holder, but no onion for it")
+    if layer.is_final and layer.total_msat is not None and layer.total_msat != layer.amt_to_forward:
+        # Named here: the relay's own check would name the clear record's TLV, absent here.
+        return _record(layer, following), offset, Reject(
+            bad, "multi-part payments (total_msat above amt_to_forward) are not supported")
     short = chain.check_leg(policy, incoming.amount_msat, incoming.cltv_expiry, height,
                             layer.amt_to_forward, layer.outgoing_cltv_delta, layer.max_hold_blocks)
     refusal = None
