@@ -516,8 +516,8 @@ class Relay:
         match outcome:
             case Succeeded(preimage=preimage):
                 return self.attempt_succeeded(payment_hash, preimage)
-            case Failed(reason=reason):
-                return self.attempt_failed(payment_hash, partid, reason)
+            case Failed(reason=reason, refused_by=refused_by, holder_failure=holder_failure):
+                return self.attempt_failed(payment_hash, partid, reason, refused_by, holder_failure)
             case InFlight():
                 self.lost_since.pop((payment_hash, partid), None)
                 return []

@@ -8,6 +8,8 @@ tests can feed them recorded answers.
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Set, Tuple, Union
 
+from . import failures
+
 
 @dataclass(frozen=True)
 class Succeeded:
@@ -17,6 +19,9 @@ class Succeeded:
 @dataclass(frozen=True)
 class Failed:
     reason: str
+    refused_by: Optional[str] = None  # the node that sent a permanent failure
+    # (erring_index, failure message) of a #836 failure, which an asyncln holder sends
+    holder_failure: Optional[Tuple[int, str]] = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,25 @@ def judge_attempt(parts: Iterable[dict], partid: Optional[int], htlc_out: bool) 
     if ours:
         return Failed("the attempt failed")
     return Failed("lightningd has no record of the attempt")
+
+
+def judge_failure(data: dict, message: str) -> Failed:
+    """A failed part's details, as ``sendpay_failure`` gives them, or ``waitsendpay`` on a part
+    that already failed (a lost notification): one reading for both."""
+    failcode = data.get("failcode")
+    failcode = failcode if isinstance(failcode, int) else 0
+    refused_by = data.get("erring_node") if failcode & failures.PERM else None
+    if failcode in failures.TRAMPOLINE_FAILURES:
+        # lightningd keeps no raw_message for a part that failed earlier: then the code alone.
+        return Failed(failures.TRAMPOLINE_FAILURES[failcode], refused_by,
+                      (data.get("erring_index"), data.get("raw_message") or f"{failcode:04x}"))
+    return Failed(message, refused_by)
+
+
+def failed_part(parts: Iterable[dict], partid: int) -> Optional[dict]:
+    """Part ``partid`` if lightningd marked it failed."""
+    return next((p for p in parts if p.get("partid", 0) == partid
+                 and p.get("status") == "failed"), None)
 
 
 def next_attempt_ids(parts: Iterable[dict], partid: Optional[int] = None) -> Tuple[int, int]:

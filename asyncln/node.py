@@ -22,8 +22,11 @@ from . import __version__, failures, hold, messages, onion, payee, payer, peel, 
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT, has_feature
 from .lightningd import (
+    Failed,
+    failed_part,
     first_route,
     judge_attempt,
+    judge_failure,
     msat,
     next_attempt_ids,
     outgoing_htlc_hashes,
@@ -392,8 +395,29 @@ class Node:
         parts = self.rpc.call("listsendpays", {"payment_hash": payment_hash})["payments"]
         htlc_out = payment_hash in outgoing_htlc_hashes(self.rpc.call("listpeerchannels")["channels"])
         outcome = judge_attempt(parts, partid, htlc_out)
+        if isinstance(outcome, Failed):
+            outcome = self.failure_of(payment_hash, failed_part(parts, partid)) or outcome
         with self.lock:
             return self.relay.attempt_checked(payment_hash, partid, outcome)
+
+    def failure_of(self, payment_hash: str, part: Optional[dict]) -> Optional[Failed]:
+        """What lightningd kept of a failed part, for a lost ``sendpay_failure``.
+
+        ``listsendpays`` shows no failure code (only ``erroronion``, when it
+        could not read the reply); ``waitsendpay`` on the failed part answers
+        at once with the code, erring index and node lightningd stored.
+        """
+        if part is None:
+            return None
+        try:
+            self.rpc.call("waitsendpay", {"payment_hash": payment_hash, "timeout": 0,
+                                          "partid": part.get("partid", 0),
+                                          "groupid": part["groupid"]})
+        except RpcError as e:
+            data = e.error.get("data") if isinstance(e.error, dict) else None
+            if isinstance(data, dict) and "failcode" in data:
+                return judge_failure(data, rpc_message(e))
+        return None
 
     def answer(self, htlc: tuple, result: dict, what: str) -> None:
         with self.lock:
@@ -525,18 +549,11 @@ class Node:
         if payment_hash is None:
             return
         message = failure.get("message", "payment failed")
-        failcode = data.get("failcode", 0)
-        permanent = bool(failcode & failures.PERM)
         partid, groupid = data.get("partid", 0), data.get("groupid")
-        holder_failure, error = None, message
-        if failcode in failures.TRAMPOLINE_FAILURES:  # asyncln holders send these
-            holder_failure = (data.get("erring_index"),
-                              data.get("raw_message") or f"{failcode:04x}")
-            error = failures.TRAMPOLINE_FAILURES[failcode]
+        failed = judge_failure(data, message)
         with self.lock:
-            actions = self.relay.attempt_failed(payment_hash, partid, error,
-                                                data.get("erring_node") if permanent else None,
-                                                holder_failure)
+            actions = self.relay.attempt_failed(payment_hash, partid, failed.reason,
+                                                failed.refused_by, failed.holder_failure)
             pay = self.pays.get(payment_hash)
             updated = pay and payer.on_failure(pay, partid, groupid, data.get("failcode"),
                                                data.get("erring_index"), message)
