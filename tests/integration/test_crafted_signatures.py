@@ -38,9 +38,16 @@ def crafted_code(rod_id: str) -> str:
 def test_checkmessage_aborts_lightningd_on_a_bad_recovery_byte(node_factory):
     """Why asyncln never calls it: the lightningd behaviour docs/PROTOCOL.md describes."""
     node = node_factory.get_node(may_fail=True, allow_broken_log=True)
+    me = node.info["id"]
+    # Our check agrees with lightningd's on real signmessage output, including the key it
+    # recovers for a message that was not signed.
+    for message in ("hello", onion.key_statement(me), "asyncln-code:" + "00" * 200, "ünï"):
+        zbase = node.rpc.signmessage(message)["zbase"]
+        assert node.rpc.checkmessage(message, zbase, me)["verified"]
+        assert signature.signer(message, zbase) == me
+        other = node.rpc.checkmessage(message + "!", zbase, me)
+        assert not other["verified"] and signature.signer(message + "!", zbase) == other["pubkey"]
     zbase = node.rpc.signmessage("hello")["zbase"]
-    assert node.rpc.checkmessage("hello", zbase, node.info["id"])["verified"]
-    assert signature.signed_by("hello", zbase, node.info["id"])  # our check agrees with lightningd
     with pytest.raises(Exception):  # the RPC connection dies with lightningd
         node.rpc.checkmessage("hello", with_first_byte(zbase, 40), node.info["id"])
     wait_for(lambda: node.daemon.proc.poll() is not None)
