@@ -37,7 +37,7 @@ def crafted_code(rod_id: str) -> str:
 
 def test_checkmessage_aborts_lightningd_on_a_bad_recovery_byte(node_factory):
     """Why asyncln never calls it: the lightningd behaviour docs/PROTOCOL.md describes."""
-    node = node_factory.get_node(may_fail=True, allow_broken_log=True)
+    node = node_factory.get_node(may_fail=True, broken_log="FATAL SIGNAL 6|backtrace")
     me = node.info["id"]
     # Our check agrees with lightningd's on real signmessage output, including the key it
     # recovers for a message that was not signed.
