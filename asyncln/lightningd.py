@@ -8,7 +8,8 @@ tests can feed them recorded answers.
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Set, Tuple, Union
 
-from . import failures
+from . import failures, sphinx
+from .wire import DecodeError
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,35 @@ def judge_failure(data: dict, message: str) -> Failed:
         return Failed(failures.TRAMPOLINE_FAILURES[failcode], refused_by,
                       (data.get("erring_index"), data.get("raw_message") or f"{failcode:04x}"))
     return Failed(message, refused_by)
+
+
+def onion_failure(data: dict, saved: Optional[dict]) -> dict:
+    """``data`` completed from the error onion lightningd kept, decoded with our secrets.
+
+    S sends to a next holder with ``sendonion`` and keeps the onion's shared
+    secrets itself (``saved``: partid, shared_secrets, destination), so
+    lightningd keeps the reply undecoded: ``onionreply`` in
+    ``sendpay_failure``, ``erroronion`` in ``listsendpays``, which outlives a
+    lost notification. Decoded, it gives what lightningd would have:
+    failcode, erring_index, raw_message, and erring_node at the destination.
+    Anything else (no reply, another part, a reply no hop signed) is left as it was.
+    """
+    reply = data.get("onionreply") or data.get("erroronion")
+    if (not isinstance(reply, str) or saved is None or "failcode" in data
+            or (data.get("partid") or 0) != saved.get("partid")):
+        return data
+    try:
+        secrets = [bytes.fromhex(s) for s in saved["shared_secrets"]]
+        index, message = sphinx.decode_error(secrets, bytes.fromhex(reply))
+    except (ValueError, TypeError, KeyError, DecodeError):
+        return data
+    if len(message) < 2:
+        return data
+    filled = {**data, "failcode": int.from_bytes(message[:2], "big"), "erring_index": index + 1,
+              "raw_message": message.hex()}
+    if index + 1 == len(secrets) and saved.get("destination"):
+        filled["erring_node"] = saved["destination"]
+    return filled
 
 
 def failed_part(parts: Iterable[dict], partid: int) -> Optional[dict]:

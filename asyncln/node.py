@@ -29,6 +29,7 @@ from .lightningd import (
     judge_failure,
     msat,
     next_attempt_ids,
+    onion_failure,
     outgoing_htlc_hashes,
     rpc_message,
     sendpay_route,
@@ -110,6 +111,8 @@ class Node:
         self._last_tick = self._last_reconcile = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
         self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
+        # hash -> the shared secrets of our attempt's onion to a next holder (onion_failure)
+        self.onion_secrets = self.store.load("secrets")
         self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
 
@@ -235,6 +238,8 @@ class Node:
                 self.store.put("held", held.payment_hash, current.to_json())
             case hold.Forget(payment_hash=payment_hash):
                 self.store.delete("held", payment_hash)
+                if self.onion_secrets.pop(payment_hash, None) is not None:
+                    self.store.delete("secrets", payment_hash)
             case hold.FindRoute():
                 return self.find_route(action)
             case hold.SendPay():
@@ -383,12 +388,18 @@ class Node:
                                       bytes.fromhex(action.onion))
         made = self.rpc.call("createonion", {"hops": onion.route_hops(route, base, payload),
                                              "assocdata": action.payment_hash})
+        # Kept by us, not given to lightningd: it then keeps the reply undecoded, in
+        # listsendpays too, and a lost sendpay_failure loses nothing (onion_failure).
+        saved = {"partid": action.partid, "shared_secrets": made["shared_secrets"],
+                 "destination": last["id"]}
+        self.store.put("secrets", action.payment_hash, saved)
+        with self.lock:
+            self.onion_secrets[action.payment_hash] = saved
         return self.rpc.call("sendonion", {
             "onion": made["onion"], "payment_hash": action.payment_hash,
             "first_hop": {"id": route[0]["id"], "amount_msat": route[0]["amount_msat"],
                           "delay": route[0]["delay"]},
-            "shared_secrets": made["shared_secrets"], "partid": action.partid,
-            "groupid": groupid, "label": "asyncln-relay", "amount_msat": last["amount_msat"],
+            "partid": action.partid, "groupid": groupid, "label": "asyncln-relay", "amount_msat": last["amount_msat"],
             "destination": last["id"]})
 
     def check_attempt(self, payment_hash: str, partid: int) -> List[hold.Action]:
@@ -403,12 +414,18 @@ class Node:
     def failure_of(self, payment_hash: str, part: Optional[dict]) -> Optional[Failed]:
         """What lightningd kept of a failed part, for a lost ``sendpay_failure``.
 
-        ``listsendpays`` shows no failure code (only ``erroronion``, when it
-        could not read the reply); ``waitsendpay`` on the failed part answers
-        at once with the code, erring index and node lightningd stored.
+        ``listsendpays`` shows no failure code. An attempt to a next holder
+        left its reply there as ``erroronion``, which we decode with our saved
+        secrets; for a ``sendpay`` attempt, ``waitsendpay`` on the failed part
+        answers at once with the code, erring index and node lightningd stored.
         """
         if part is None:
             return None
+        with self.lock:
+            saved = self.onion_secrets.get(payment_hash)
+        decoded = onion_failure(part, saved)
+        if "failcode" in decoded:
+            return judge_failure(decoded, "the attempt failed")
         try:
             self.rpc.call("waitsendpay", {"payment_hash": payment_hash, "timeout": 0,
                                           "partid": part.get("partid", 0),
@@ -550,7 +567,9 @@ class Node:
             return
         message = failure.get("message", "payment failed")
         partid, groupid = data.get("partid", 0), data.get("groupid")
-        failed = judge_failure(data, message)
+        with self.lock:
+            saved = self.onion_secrets.get(payment_hash)
+        failed = judge_failure(onion_failure(data, saved), message)
         with self.lock:
             actions = self.relay.attempt_failed(payment_hash, partid, failed.reason,
                                                 failed.refused_by, failed.holder_failure)

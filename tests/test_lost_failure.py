@@ -1,9 +1,11 @@
 """Issue 11.7: a lost ``sendpay_failure`` no longer loses the next holder's #836 failure.
 
 When S judges an attempt from lightningd's records instead (``check_attempt``),
-``listsendpays`` shows only ``failed``; ``waitsendpay`` on that part answers at
-once with the failure code, erring index and node lightningd stored. S reads
-it as it reads the notification, so R's give-up still goes upstream at once.
+``listsendpays`` shows only ``failed``. For an attempt to a next holder S keeps
+the onion's secrets, so lightningd keeps the reply as ``erroronion`` and S
+decodes it; for a ``sendpay`` attempt, ``waitsendpay`` on that part answers at
+once with the code lightningd stored. Either way S reads it as it reads the
+notification, so R's give-up still goes upstream at once.
 """
 
 import pytest
@@ -12,8 +14,8 @@ from hypothesis import strategies as st
 from pyln.client import RpcError
 from test_review_issue7 import ARRIVAL, PAYMENT_HASH, R, X, forwarding_to_r, sendpay_failure, via_x
 
-from asyncln import failures, hold
-from asyncln.lightningd import Failed, judge_failure
+from asyncln import failures, hold, sphinx
+from asyncln.lightningd import Failed, judge_failure, onion_failure
 from asyncln.states import HoldState
 
 
@@ -92,3 +94,112 @@ def test_a_permanent_failure_names_the_node_that_refused():
 def test_judge_failure_reads_any_data_lightningd_might_send(data, message):
     failed = judge_failure(data, message)
     assert isinstance(failed, Failed)
+
+
+# --- an attempt to a next holder: the reply is ours to decode, and lightningd keeps it ----------
+
+X_SECRET, R_SECRET = bytes([0x0a]) * 32, bytes([0x0b]) * 32
+
+
+def sent_to_r():
+    """S sent its attempt to R via X with sendonion; the onion's secrets are S's own."""
+    shell, send = forwarding_to_r(via_x(), sent_at=ARRIVAL + 2)
+    shell.rpc.answers.update(createonion={"onion": "00" * 1366,
+                                          "shared_secrets": [X_SECRET.hex(), R_SECRET.hex()]},
+                             sendonion={"status": "pending"})
+    assert shell.send_attempt(send) == []
+    return shell, send
+
+
+def reply_from(index, message: str) -> str:
+    """The error onion as S receives it, sent by hop ``index`` (0: X, 1: R)."""
+    secrets = [X_SECRET, R_SECRET][:index + 1]
+    packet = sphinx.create_error(secrets[-1], bytes.fromhex(message))
+    for secret in reversed(secrets[:-1]):
+        packet = sphinx.wrap_error(secret, packet)
+    return packet.hex()
+
+
+TERMS = failures.trampoline_fee_or_expiry_insufficient(5000, 200, 300)
+
+
+def test_the_attempts_secrets_are_saved_before_sendonion_and_not_given_to_lightningd():
+    shell, send = sent_to_r()
+    methods = [m for m, _ in shell.rpc.calls]
+    saved = [p for m, p in shell.rpc.calls if m == "datastore" and p["key"][1] == "secrets"]
+    assert len(saved) == 1 and methods.index("datastore", methods.index("createonion")) \
+        < methods.index("sendonion")
+    [sendonion] = [p for m, p in shell.rpc.calls if m == "sendonion"]
+    assert "shared_secrets" not in sendonion
+
+
+def test_an_attempt_whose_secrets_cannot_be_saved_is_not_sent():
+    shell, send = forwarding_to_r(via_x(), sent_at=ARRIVAL + 2)
+    shell.rpc.answers["createonion"] = {"onion": "00" * 1366,
+                                        "shared_secrets": [X_SECRET.hex(), R_SECRET.hex()]}
+    shell.rpc.fail.add("datastore")
+    with pytest.raises(OSError):  # the worker hands this to relay.action_failed
+        shell.send_attempt(send)
+    assert "sendonion" not in [m for m, _ in shell.rpc.calls]
+
+
+@pytest.mark.parametrize("message", [TERMS, failures.temporary_trampoline_failure()])
+def test_the_next_holders_failure_from_the_notification_keeps_its_data(message):
+    shell, send = sent_to_r()
+    shell.attempt_failed({"code": 202, "message": "Malformed error reply", "data": {
+        "payment_hash": PAYMENT_HASH, "partid": send.partid, "groupid": 1,
+        "onionreply": reply_from(1, message)}})
+    held = shell.relay.held[PAYMENT_HASH]
+    assert held.state == HoldState.FAILED and held.failure_message == message
+
+
+def test_the_next_holders_failure_from_listsendpays_keeps_its_data():
+    """The notification was lost: listsendpays' erroronion carries R's whole failure."""
+    shell, send = sent_to_r()
+    shell.rpc.answers["listsendpays"] = {"payments": [
+        {"payment_hash": PAYMENT_HASH, "partid": send.partid, "groupid": 1, "status": "failed",
+         "erroronion": reply_from(1, TERMS)}]}
+    actions = shell.check_attempt(PAYMENT_HASH, send.partid)
+    held = shell.relay.held[PAYMENT_HASH]
+    assert held.state == HoldState.FAILED and held.failure_message == TERMS
+    assert [a.failure_message for a in actions if isinstance(a, hold.FailIncoming)] == [TERMS]
+    assert "waitsendpay" not in [m for m, _ in shell.rpc.calls]
+
+
+def test_a_trampoline_code_from_a_node_before_r_in_the_reply_does_not_end_the_hold():
+    shell, send = sent_to_r()
+    shell.attempt_failed({"code": 202, "message": "Malformed error reply", "data": {
+        "payment_hash": PAYMENT_HASH, "partid": send.partid, "groupid": 1,
+        "onionreply": reply_from(0, failures.temporary_trampoline_failure())}})
+    assert shell.relay.held[PAYMENT_HASH].state == HoldState.HELD
+
+
+def test_forgetting_the_hold_deletes_its_secrets():
+    shell, _ = sent_to_r()
+    shell.execute(hold.Forget(PAYMENT_HASH))
+    assert ("deldatastore", {"key": ["asyncln", "secrets", PAYMENT_HASH]}) in shell.rpc.calls
+    assert PAYMENT_HASH not in shell.onion_secrets
+
+
+SAVED = {"partid": 3, "shared_secrets": [X_SECRET.hex(), R_SECRET.hex()], "destination": R}
+
+
+def test_onion_failure_names_the_destination_only_for_the_last_hop():
+    last = onion_failure({"partid": 3, "onionreply": reply_from(1, "400f")}, SAVED)
+    assert (last["failcode"], last["erring_index"], last["erring_node"]) == (0x400F, 2, R)
+    first = onion_failure({"partid": 3, "erroronion": reply_from(0, "1007")}, SAVED)
+    assert (first["failcode"], first["erring_index"]) == (0x1007, 1) and "erring_node" not in first
+    other_part = {"partid": 2, "onionreply": reply_from(1, "400f")}
+    assert onion_failure(other_part, SAVED) == other_part
+
+
+@given(st.dictionaries(st.sampled_from(["partid", "onionreply", "erroronion", "failcode"]),
+                       st.one_of(st.integers(0, 5), st.text(max_size=20),
+                                 st.binary(max_size=300).map(bytes.hex))),
+       st.one_of(st.none(), st.just(SAVED),
+                 st.fixed_dictionaries({"partid": st.integers(0, 5),
+                                        "shared_secrets": st.lists(st.text(max_size=66)),
+                                        "destination": st.text(max_size=5)})))
+def test_onion_failure_never_raises(data, saved):
+    out = onion_failure(data, saved)
+    assert out == data or {"failcode", "erring_index", "raw_message"} <= set(out)
