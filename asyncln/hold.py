@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Set, Tuple, Union, assert_never
 
 from . import chain, failures
-from .chain import HEIGHT_SLACK, hold_limit  # noqa: F401 (named hold.HEIGHT_SLACK before chain.py)
+from .chain import HEIGHT_SLACK
 from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
