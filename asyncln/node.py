@@ -238,7 +238,9 @@ class Node:
                 self.store.put("held", held.payment_hash, current.to_json())
             case hold.Forget(payment_hash=payment_hash):
                 self.store.delete("held", payment_hash)
-                if self.onion_secrets.pop(payment_hash, None) is not None:
+                with self.lock:
+                    had_secrets = self.onion_secrets.pop(payment_hash, None) is not None
+                if had_secrets:
                     self.store.delete("secrets", payment_hash)
             case hold.FindRoute():
                 return self.find_route(action)
