@@ -7,7 +7,8 @@ must keep its own safety margin: its outgoing HTLC expires at least
 in time. The payer plans backwards from the recipient; every holder re-checks
 its own leg on arrival, because it trusts nobody's arithmetic but its own.
 
-Heights follow hold.py: a holder starts attempts at heights below its
+Heights follow hold.py, which takes its give-up height from here for every
+record version: a holder starts attempts at heights below its
 ``give_up_height`` and fails the HTLC back at that height, and lightningd may
 base an outgoing expiry up to ``HEIGHT_SLACK`` blocks above the holder's
 height. So a hold of ``n`` blocks means attempts at arrival .. arrival+n-1,
@@ -18,14 +19,25 @@ arrival + n - 1 + HEIGHT_SLACK + route delay.
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .hold import HEIGHT_SLACK, hold_limit
 from .policy import Policy
+
+# lightningd sets an outgoing HTLC's expiry from (its network height + 1),
+# and may have seen a block whose notification we have not: our CLTV checks
+# assume the expiry base is two blocks above our height.
+HEIGHT_SLACK = 2
 
 # CLTV a holder may spend on the route to the next node, on top of the CLTV
 # that node needs: a few hops at CLN's default cltv-delta, as payer.py's
 # DOWNSTREAM_CLTV_BUDGET. A number, not an import: the payer will plan chains,
 # and payer.py importing this module must not import payer.py back.
 LEG_CLTV_BUDGET = 144
+
+
+def hold_limit(policy: Policy, max_hold_blocks: Optional[int]) -> int:
+    """Blocks we hold: the payer's cap within ours; a zero hold still gets its first attempt."""
+    if max_hold_blocks is None:
+        return max(policy.max_hold_blocks, 1)
+    return max(min(policy.max_hold_blocks, max_hold_blocks), 1)
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ def check_leg(policy: Policy, incoming_msat: int, incoming_cltv_expiry: int, hei
 
 
 def give_up_height(policy: Policy, incoming_cltv_expiry: int, height: int,
-                   outgoing_cltv_delta: int, max_hold_blocks: int) -> int:
+                   outgoing_cltv_delta: int, max_hold_blocks: Optional[int]) -> int:
     """The height at which the holder fails the HTLC back instead of trying again.
 
     As hold.py's ``give_up_height``, attempts start only below it. The CLTV

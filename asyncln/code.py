@@ -7,7 +7,8 @@ bech32 character set and no checksum, because B's signature already protects
 every byte. docs/PROTOCOL.md describes each field and why its type is even.
 
 This module only builds and parses: the shell signs ``signed_message()`` with
-``signmessage`` and checks it with ``checkmessage`` against ``node_id``.
+``signmessage``; a payer checks it against ``node_id`` with asyncln/signature.py,
+never with ``checkmessage``, which a crafted signature aborts.
 """
 
 from dataclasses import dataclass, replace

@@ -30,7 +30,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Set, Tuple, Union, assert_never
 
-from . import failures
+from . import chain, failures
+from .chain import HEIGHT_SLACK
 from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
@@ -38,18 +39,25 @@ from .record import RECORD_TYPE, HintHop, TrampolineRecord, find_record
 from .states import HOLD_MOVES, HOLD_OPEN, HoldState, move
 from .wire import DecodeError
 
-# lightningd sets an outgoing HTLC's expiry from (its network height + 1),
-# and may have seen a block whose notification we have not: our CLTV checks
-# assume the expiry base is two blocks above our height.
-HEIGHT_SLACK = 2
 CANCELLED_BY_PAYER = "cancelled by payer"
 
 
-def hold_limit(policy: Policy, max_hold_blocks: Optional[int]) -> int:
-    """Blocks we hold: the payer's cap within ours; a zero hold still gets its first attempt."""
-    if max_hold_blocks is None:
-        return max(policy.max_hold_blocks, 1)
-    return max(min(policy.max_hold_blocks, max_hold_blocks), 1)
+def leg_refusal(policy: Policy, incoming: "Incoming", height: int, amt_to_forward: int,
+                outgoing_cltv_delta: int, max_hold_blocks: Optional[int]) -> Optional["Reject"]:
+    """#836's fee-or-expiry refusal when chain.check_leg says the HTLC is short, else None.
+
+    One rule for every record version: admitted exactly when the give-up
+    height (chain.give_up_height) is above ``height``, so at least one attempt
+    keeps the route budget and the safety margin.
+    """
+    short = chain.check_leg(policy, incoming.amount_msat, incoming.cltv_expiry, height,
+                            amt_to_forward, outgoing_cltv_delta, max_hold_blocks)
+    if short is None:
+        return None
+    _, terms = short
+    return Reject(failures.trampoline_fee_or_expiry_insufficient(
+        terms["fee_base_msat"], terms["fee_proportional_millionths"], terms["cltv_expiry_delta"]),
+        "the HTLC leaves too little fee or CLTV to hold and forward")
 
 
 @dataclass(frozen=True)
@@ -313,11 +321,11 @@ class Relay:
         if rejection is not None:
             return rejection, []
 
-        limit = hold_limit(self.policy, record.max_hold_blocks)
         held = HeldPayment(
             payment_hash=payment_hash, incoming=incoming, record=record,
             hold_start=self.height,
-            give_up_height=min(self.height + limit, self._last_forward_bound(incoming, record)),
+            give_up_height=chain.give_up_height(self.policy, incoming.cltv_expiry, self.height,
+                                                record.final_cltv_delta, record.max_hold_blocks),
             next_poll_height=self.height)
         self._put(held)
         return Hold(), [Persist(held)] + self._try(held)
@@ -508,8 +516,8 @@ class Relay:
         match outcome:
             case Succeeded(preimage=preimage):
                 return self.attempt_succeeded(payment_hash, preimage)
-            case Failed(reason=reason):
-                return self.attempt_failed(payment_hash, partid, reason)
+            case Failed(reason=reason, refused_by=refused_by, holder_failure=holder_failure):
+                return self.attempt_failed(payment_hash, partid, reason, refused_by, holder_failure)
             case InFlight():
                 self.lost_since.pop((payment_hash, partid), None)
                 return []
@@ -662,18 +670,6 @@ class Relay:
             return self._fail(held, GAVE_UP)
         return self._try(held)
 
-    def _last_forward_bound(self, incoming: Incoming, record: TrampolineRecord) -> int:
-        """First height at which even a direct forward lacks CLTV margin."""
-        return (incoming.cltv_expiry - self.policy.safety_blocks
-                - record.final_cltv_delta - HEIGHT_SLACK + 1)
-
-    def _terms(self, record: TrampolineRecord) -> str:
-        """#836's fee-or-expiry refusal, with the CLTV delta we add above the next node's."""
-        return failures.trampoline_fee_or_expiry_insufficient(
-            self.policy.fee_base_msat, self.policy.fee_ppm,
-            hold_limit(self.policy, record.max_hold_blocks) - 1 + HEIGHT_SLACK
-            + self.policy.safety_blocks)
-
     def _admission_error(self, incoming: Incoming, record: TrampolineRecord, offset: int,
                          forward_msat: int, outgoing_cltv: int) -> Optional[Reject]:
         """O(1): running totals, never a sum over what is held."""
@@ -692,10 +688,10 @@ class Relay:
             return Reject(temporary, "not accepting new holds: the node's asyncln options were refused")
         if not self.synced:
             return Reject(temporary, "lightningd is still catching up with the chain")
-        if incoming.amount_msat < record.amount_msat + policy.fee(record.amount_msat):
-            return Reject(self._terms(record), "incoming amount does not cover amount plus fee")
-        if self._last_forward_bound(incoming, record) <= self.height:
-            return Reject(self._terms(record), "incoming expiry leaves no room to forward safely")
+        short = leg_refusal(policy, incoming, self.height, record.amount_msat,
+                            record.final_cltv_delta, record.max_hold_blocks)
+        if short is not None:
+            return short
         if record.amount_msat < policy.min_held_msat:
             return Reject(temporary, "amount below asyncln-min-held-msat")
         if self.active_count >= policy.max_held:

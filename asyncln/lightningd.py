@@ -8,6 +8,9 @@ tests can feed them recorded answers.
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Set, Tuple, Union
 
+from . import failures, sphinx
+from .wire import DecodeError
+
 
 @dataclass(frozen=True)
 class Succeeded:
@@ -17,6 +20,9 @@ class Succeeded:
 @dataclass(frozen=True)
 class Failed:
     reason: str
+    refused_by: Optional[str] = None  # the node that sent a permanent failure
+    # (erring_index, failure message) of a #836 failure, which an asyncln holder sends
+    holder_failure: Optional[Tuple[int, str]] = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,54 @@ def judge_attempt(parts: Iterable[dict], partid: Optional[int], htlc_out: bool) 
     if ours:
         return Failed("the attempt failed")
     return Failed("lightningd has no record of the attempt")
+
+
+def judge_failure(data: dict, message: str) -> Failed:
+    """A failed part's details, as ``sendpay_failure`` gives them, or ``waitsendpay`` on a part
+    that already failed (a lost notification): one reading for both."""
+    failcode = data.get("failcode")
+    failcode = failcode if isinstance(failcode, int) else 0
+    refused_by = data.get("erring_node") if failcode & failures.PERM else None
+    if failcode in failures.TRAMPOLINE_FAILURES:
+        # lightningd keeps no raw_message for a part that failed earlier: then the code alone.
+        return Failed(failures.TRAMPOLINE_FAILURES[failcode], refused_by,
+                      (data.get("erring_index"), data.get("raw_message") or f"{failcode:04x}"))
+    return Failed(message, refused_by)
+
+
+def onion_failure(data: dict, saved: Optional[dict]) -> dict:
+    """``data`` completed from the error onion lightningd kept, decoded with our secrets.
+
+    S sends to a next holder with ``sendonion`` and keeps the onion's shared
+    secrets itself (``saved``: partid, shared_secrets, destination), so
+    lightningd keeps the reply undecoded: ``onionreply`` in
+    ``sendpay_failure``, ``erroronion`` in ``listsendpays``, which outlives a
+    lost notification. Decoded, it gives what lightningd would have:
+    failcode, erring_index, raw_message, and erring_node at the destination.
+    Anything else (no reply, another part, a reply no hop signed) is left as it was.
+    """
+    reply = data.get("onionreply") or data.get("erroronion")
+    if (not isinstance(reply, str) or saved is None or "failcode" in data
+            or (data.get("partid") or 0) != saved.get("partid")):
+        return data
+    try:
+        secrets = [bytes.fromhex(s) for s in saved["shared_secrets"]]
+        index, message = sphinx.decode_error(secrets, bytes.fromhex(reply))
+    except (ValueError, TypeError, KeyError, DecodeError):
+        return data
+    if len(message) < 2:
+        return data
+    filled = {**data, "failcode": int.from_bytes(message[:2], "big"), "erring_index": index + 1,
+              "raw_message": message.hex()}
+    if index + 1 == len(secrets) and saved.get("destination"):
+        filled["erring_node"] = saved["destination"]
+    return filled
+
+
+def failed_part(parts: Iterable[dict], partid: int) -> Optional[dict]:
+    """Part ``partid`` if lightningd marked it failed."""
+    return next((p for p in parts if p.get("partid", 0) == partid
+                 and p.get("status") == "failed"), None)
 
 
 def next_attempt_ids(parts: Iterable[dict], partid: Optional[int] = None) -> Tuple[int, int]:

@@ -22,10 +22,14 @@ from . import __version__, failures, hold, messages, onion, payee, payer, peel, 
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT, has_feature
 from .lightningd import (
+    Failed,
+    failed_part,
     first_route,
     judge_attempt,
+    judge_failure,
     msat,
     next_attempt_ids,
+    onion_failure,
     outgoing_htlc_hashes,
     rpc_message,
     sendpay_route,
@@ -107,6 +111,8 @@ class Node:
         self._last_tick = self._last_reconcile = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
         self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
+        # hash -> the shared secrets of our attempt's onion to a next holder (onion_failure)
+        self.onion_secrets = self.store.load("secrets")
         self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
 
@@ -232,6 +238,10 @@ class Node:
                 self.store.put("held", held.payment_hash, current.to_json())
             case hold.Forget(payment_hash=payment_hash):
                 self.store.delete("held", payment_hash)
+                with self.lock:
+                    had_secrets = self.onion_secrets.pop(payment_hash, None) is not None
+                if had_secrets:
+                    self.store.delete("secrets", payment_hash)
             case hold.FindRoute():
                 return self.find_route(action)
             case hold.SendPay():
@@ -380,20 +390,53 @@ class Node:
                                       bytes.fromhex(action.onion))
         made = self.rpc.call("createonion", {"hops": onion.route_hops(route, base, payload),
                                              "assocdata": action.payment_hash})
+        # Kept by us, not given to lightningd: it then keeps the reply undecoded, in
+        # listsendpays too, and a lost sendpay_failure loses nothing (onion_failure).
+        saved = {"partid": action.partid, "shared_secrets": made["shared_secrets"],
+                 "destination": last["id"]}
+        self.store.put("secrets", action.payment_hash, saved)
+        with self.lock:
+            self.onion_secrets[action.payment_hash] = saved
         return self.rpc.call("sendonion", {
             "onion": made["onion"], "payment_hash": action.payment_hash,
             "first_hop": {"id": route[0]["id"], "amount_msat": route[0]["amount_msat"],
                           "delay": route[0]["delay"]},
-            "shared_secrets": made["shared_secrets"], "partid": action.partid,
-            "groupid": groupid, "label": "asyncln-relay", "amount_msat": last["amount_msat"],
+            "partid": action.partid, "groupid": groupid, "label": "asyncln-relay", "amount_msat": last["amount_msat"],
             "destination": last["id"]})
 
     def check_attempt(self, payment_hash: str, partid: int) -> List[hold.Action]:
         parts = self.rpc.call("listsendpays", {"payment_hash": payment_hash})["payments"]
         htlc_out = payment_hash in outgoing_htlc_hashes(self.rpc.call("listpeerchannels")["channels"])
         outcome = judge_attempt(parts, partid, htlc_out)
+        if isinstance(outcome, Failed):
+            outcome = self.failure_of(payment_hash, failed_part(parts, partid)) or outcome
         with self.lock:
             return self.relay.attempt_checked(payment_hash, partid, outcome)
+
+    def failure_of(self, payment_hash: str, part: Optional[dict]) -> Optional[Failed]:
+        """What lightningd kept of a failed part, for a lost ``sendpay_failure``.
+
+        ``listsendpays`` shows no failure code. An attempt to a next holder
+        left its reply there as ``erroronion``, which we decode with our saved
+        secrets; for a ``sendpay`` attempt, ``waitsendpay`` on the failed part
+        answers at once with the code, erring index and node lightningd stored.
+        """
+        if part is None:
+            return None
+        with self.lock:
+            saved = self.onion_secrets.get(payment_hash)
+        decoded = onion_failure(part, saved)
+        if "failcode" in decoded:
+            return judge_failure(decoded, "the attempt failed")
+        try:
+            self.rpc.call("waitsendpay", {"payment_hash": payment_hash, "timeout": 0,
+                                          "partid": part.get("partid", 0),
+                                          "groupid": part["groupid"]})
+        except RpcError as e:
+            data = e.error.get("data") if isinstance(e.error, dict) else None
+            if isinstance(data, dict) and "failcode" in data:
+                return judge_failure(data, rpc_message(e))
+        return None
 
     def answer(self, htlc: tuple, result: dict, what: str) -> None:
         with self.lock:
@@ -525,18 +568,13 @@ class Node:
         if payment_hash is None:
             return
         message = failure.get("message", "payment failed")
-        failcode = data.get("failcode", 0)
-        permanent = bool(failcode & failures.PERM)
         partid, groupid = data.get("partid", 0), data.get("groupid")
-        holder_failure, error = None, message
-        if failcode in failures.TRAMPOLINE_FAILURES:  # asyncln holders send these
-            holder_failure = (data.get("erring_index"),
-                              data.get("raw_message") or f"{failcode:04x}")
-            error = failures.TRAMPOLINE_FAILURES[failcode]
         with self.lock:
-            actions = self.relay.attempt_failed(payment_hash, partid, error,
-                                                data.get("erring_node") if permanent else None,
-                                                holder_failure)
+            saved = self.onion_secrets.get(payment_hash)
+        failed = judge_failure(onion_failure(data, saved), message)
+        with self.lock:
+            actions = self.relay.attempt_failed(payment_hash, partid, failed.reason,
+                                                failed.refused_by, failed.holder_failure)
             pay = self.pays.get(payment_hash)
             updated = pay and payer.on_failure(pay, partid, groupid, data.get("failcode"),
                                                data.get("erring_index"), message)

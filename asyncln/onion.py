@@ -9,7 +9,7 @@ Keys come from ``makesecret string=ONION_KEY_LABEL``, never the node key: a
 plugin cannot do ECDH with the node key. A node publishes the public key in
 its ``info`` message, signed by its node key (``signmessage`` over
 :func:`key_statement`), so that a payer who is not its peer (it learned the
-key from a payment code) can check it with ``checkmessage``.
+key from a payment code) can check it (asyncln/signature.py).
 """
 
 import os

@@ -1,11 +1,14 @@
 """A chain of holders' budgets over random chains: nobody's margin or fee is ever spent."""
 
+from dataclasses import replace
+
 import pytest
+from factories import PAYMENT_HASH, incoming, payload, record
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from asyncln.chain import LEG_CLTV_BUDGET, check_leg, give_up_height, plan_chain
-from asyncln.hold import HEIGHT_SLACK
+from asyncln import failures, hold
+from asyncln.chain import HEIGHT_SLACK, LEG_CLTV_BUDGET, check_leg, give_up_height, plan_chain
 from asyncln.payer import DOWNSTREAM_CLTV_BUDGET
 from asyncln.policy import Policy
 
@@ -149,3 +152,26 @@ def test_a_two_holder_chain_by_hand():
     # R: 18 + 99 + 2 + 144 + 144 = 407; S: 407 + 5 + 2 + 144 + 144 = 702.
     assert [leg.cltv_delta_in for leg in legs] == [702, 407]
     assert [leg.outgoing_cltv_delta for leg in legs] == [407, 18]
+
+
+@given(policies, st.integers(1000, 1_000_000), st.integers(0, 3000), st.integers(0, 500),
+       st.one_of(st.none(), st.integers(0, 3000)))
+def test_the_relays_give_up_height_is_the_chains_for_a_clear_record(policy, height, left, delta,
+                                                                    max_hold):
+    """One give-up bound: hold.Relay takes chain.give_up_height (route budget included),
+    for version-1 records too, and holds exactly when it leaves one attempt."""
+    policy = replace(policy, min_held_msat=1, max_held_msat=10**12,
+                     max_held_msat_per_peer=10**12)
+    rec = record(amount=100_000, final_cltv=delta, max_hold=max_hold)
+    amount = 100_000 + policy.fee(100_000)
+    inc = incoming(amount=amount, cltv_expiry=height + left)
+    relay = hold.Relay(policy, height)
+    verdict, _ = relay.htlc_accepted(PAYMENT_HASH, inc, payload(rec, amount, inc.cltv_expiry),
+                                     amount, inc.cltv_expiry)
+    expected = give_up_height(policy, inc.cltv_expiry, height, delta, max_hold)
+    assert isinstance(verdict, hold.Hold) == (expected > height)
+    if isinstance(verdict, hold.Hold):
+        assert relay.held[PAYMENT_HASH].give_up_height == expected
+        assert expected <= inc.cltv_expiry - policy.safety_blocks - LEG_CLTV_BUDGET - delta
+    else:
+        assert int(verdict.failure_message[:4], 16) == failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT

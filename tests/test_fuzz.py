@@ -171,8 +171,13 @@ def read_never_raises(data, secret=_S_SECRET, me=_S, inc=None, height=1000):
     else:
         assert len(bytes.fromhex(record.payment_secret)) == 32
     if refusal is not None:
-        assert int(refusal.failure_message[:4], 16) == \
-            _failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT
+        code = int(refusal.failure_message[:4], 16)
+        if code == _failures.INVALID_ONION_PAYLOAD:  # multi-part, named by the onion's TLV
+            assert record.total_msat != record.amount_msat and record.next_onion is None
+            assert refusal.failure_message == _failures.invalid_onion_payload(_onion.ONION_TLV,
+                                                                              offset)
+        else:
+            assert code == _failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT
     return result
 
 

@@ -111,8 +111,8 @@ def test_deadlines_at_admission():
     assert held.give_up_height == 1030
     assert held.next_poll_height == 1006  # the first try counted as a poll
     relay = hold.Relay(POLICY, 1000)
-    arrive(relay, inc=incoming(cltv_expiry=1050))
-    # 1050 - safety 10 - final cltv 18 - slack 2 + 1
+    arrive(relay, inc=incoming(cltv_expiry=1194))
+    # 1194 - safety 10 - route budget 144 - final cltv 18 - slack 2 + 1 (chain.give_up_height)
     assert relay.held[PAYMENT_HASH].give_up_height == 1021
 
 
@@ -249,7 +249,7 @@ def test_route_answer_nobody_waits_for_is_ignored():
 
 @pytest.mark.parametrize("rec,inc,kw,code", [
     (record(), incoming(amount=101_099), {}, failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT),
-    (record(), incoming(cltv_expiry=1028), {}, failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT),
+    (record(), incoming(cltv_expiry=1173), {}, failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT),
     (record(), incoming(), {"forward_msat": 110_001}, failures.FINAL_INCORRECT_HTLC_AMOUNT),
     (record(), incoming(), {"outgoing_cltv": 1501}, failures.FINAL_INCORRECT_CLTV_EXPIRY),
     (record(amount=900_000), incoming(amount=1_100_000), {}, failures.TEMPORARY_NODE_FAILURE),
@@ -265,7 +265,7 @@ def test_admission_rejections_change_nothing(rec, inc, kw, code):
 
 def test_expiry_one_block_above_the_limit_is_accepted():
     relay = hold.Relay(POLICY, 1000)
-    verdict, _ = arrive(relay, inc=incoming(cltv_expiry=1030))
+    verdict, _ = arrive(relay, inc=incoming(cltv_expiry=1174))  # room for the route budget too
     assert isinstance(verdict, hold.Hold)
     assert relay.held[PAYMENT_HASH].give_up_height == 1001
 

@@ -465,15 +465,10 @@ def test_the_node_announces_the_key_it_peels_with():
     assert mine.outgoing_node_id == node_id(5)  # the payer's layer for S names R
 
 
-@pytest.mark.xfail(strict=True, reason="hold._admission_error refuses a v2 final layer with "
-                   "total_msat above amt_to_forward (multi-part) with invalid_onion_payload naming "
-                   "TLV 66101 (RECORD_TYPE), a type the payload does not carry; it should name "
-                   "66103, the asyncln onion")
 def test_a_multi_part_final_layer_is_refused_naming_the_onion_tlv():
     layer = final_layer(total_msat=200_000)
     inc = enough(layer)
     record, offset, refusal = read(payload_for(packet(layer), inc), inc)
-    assert refusal is None
     verdict, actions = hold.Relay(POLICY, HEIGHT).admit(
         PAYMENT_HASH, inc, record, offset, inc.amount_msat, inc.cltv_expiry, HEIGHT, refusal)
     assert isinstance(verdict, Reject) and actions == []

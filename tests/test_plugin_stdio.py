@@ -1,16 +1,17 @@
 """plugin.py over its stdio JSON-RPC protocol, with a scripted RPC socket."""
 
+import dataclasses
 import json
 import os
 import threading
 import time
 
 import pytest
-from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, node_id, payload, record
+from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, node_id, payload, record, signmessage
 from plugin_harness import PluginProcess, RpcFailure, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import code as codes
-from asyncln import messages, note, rod
+from asyncln import messages, note, rod, signature
 from asyncln.features import FEATURE_BIT, feature_hex, has_feature
 from asyncln.policy import Policy
 from asyncln.recipient import DEFAULT_INVOICE_EXPIRY, DEFAULT_POOL
@@ -296,9 +297,30 @@ def test_fetchinvoice_with_a_malformed_code_is_a_bad_code(node):
 
 
 def signed_code(rod_id=ROD):
-    """B's code, signed with a signature the scripted checkmessage accepts."""
-    return codes.PaymentCode(RECIPIENT, (codes.Rod(rod_id),),
-                             note.note_public_key("5a" * 32), "ybndrfg8").encode()
+    """B's code, signed by B's node key."""
+    unsigned = codes.PaymentCode(RECIPIENT, (codes.Rod(rod_id),), note.note_public_key("5a" * 32))
+    return dataclasses.replace(unsigned, signature=signmessage(
+        RECIPIENT, unsigned.signed_message())).encode()
+
+
+def crafted_code() -> str:
+    """B's code with its signature's recovery byte set to 40: checkmessage would abort lightningd."""
+    paycode = codes.PaymentCode.decode(signed_code())
+    raw = bytearray(signature.decode(paycode.signature))
+    raw[0] = 40
+    return dataclasses.replace(paycode, signature=signature.encode(bytes(raw))).encode()
+
+
+@pytest.mark.parametrize("method,params", [
+    ("asyncln-fetchinvoice", {"amount_msat": 1000}),
+    ("asyncln-pay", {"amount_msat": 1000, "trampoline": PAYER})])
+def test_a_code_with_a_crafted_signature_is_a_bad_code_and_never_reaches_lightningd(
+        node, method, params):
+    plugin, rpc = started(node)
+    key = "code" if method == "asyncln-fetchinvoice" else "invstring"
+    error = plugin.request(method, {key: crafted_code(), **params})["error"]
+    assert error["code"] == 2135, error
+    assert rpc.called("checkmessage") == []
 
 
 def scripted_b(rpc, bolt11="lnbcrt1fetched", amount_msat=None):
@@ -316,7 +338,6 @@ def scripted_b(rpc, bolt11="lnbcrt1fetched", amount_msat=None):
         return decoded
 
     rpc.handlers.update({
-        "checkmessage": lambda p: {"verified": True, "pubkey": p.get("pubkey")},
         "listpeers": lambda p: {"peers": [
             {"id": ROD, "connected": True, "features": ""},
             {"id": PAYER, "connected": True, "features": feature_hex()}]},

@@ -8,7 +8,8 @@ import time
 from dataclasses import replace
 
 import pytest
-from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, incoming, node_id, payload, record
+from factories import (OTHER, PAYER, PAYMENT_HASH, RECIPIENT, incoming, node_id, payload, record,
+                       signmessage)
 from test_node import RecordingRpc
 
 from asyncln import code as codes
@@ -172,8 +173,9 @@ class SilentRods(RecordingRpc):
 def test_fetch_has_an_overall_bound(monkeypatch):
     monkeypatch.setattr(rod_shell, "ANSWER_SECONDS", 0.001)
     rods = tuple(codes.Rod(node_id(10 + i)) for i in range(30))
-    text = codes.PaymentCode(RECIPIENT, rods, node_id(9), "y").encode()
-    rpc = SilentRods(checkmessage={"verified": True})
+    unsigned = codes.PaymentCode(RECIPIENT, rods, node_id(9))
+    text = replace(unsigned, signature=signmessage(RECIPIENT, unsigned.signed_message())).encode()
+    rpc = SilentRods()
     rpc.rods = [r.node_id for r in rods]
     node = shell(rpc)
     with pytest.raises(AsynclnError) as e:

@@ -3,24 +3,26 @@
 ``Net`` stands in for a few lightningds and the wire between them: each
 :class:`asyncln.node.Node` gets a ``FakeLightningd`` that records every RPC
 call (so tests can assert their order), keeps a datastore, mints and decodes
-fake invoices, signs and checks messages, and hands ``sendcustommsg`` to the
+fake invoices, signs messages with real keys, and hands ``sendcustommsg`` to the
 peer's ``custom_message`` as lightningd's custommsg hook would. The peer's
 worker jobs then run at once, one node at a time and never re-entrantly, so
 a payer's ``fetch`` (which waits for an answer) completes on the test's own
 thread. A peer with no Node is a scripted responder.
 """
 
+import dataclasses
 import hashlib
 import json
 import time
 from typing import Callable, Dict, List, Optional
 
 import pytest
-from factories import PAYER, PAYMENT_HASH, direct_route, incoming, node_id, payload, record
+from factories import (PAYER, PAYMENT_HASH, direct_route, incoming, node_id, payload, record,
+                       signmessage)
 from pyln.client import RpcError
 
 from asyncln import code as codes
-from asyncln import hold, messages, note, rod, rod_shell
+from asyncln import hold, messages, note, onion, rod, rod_shell, signature
 from asyncln import payer as payer_core
 from asyncln.errors import AsynclnError, Code
 from asyncln.features import feature_hex
@@ -30,7 +32,6 @@ from asyncln.recipient import RecipientConfig
 from asyncln.states import HoldState, PayState
 
 A, B, R, R2, C, MALLORY, STRANGER = (node_id(n) for n in range(51, 58))
-ZBASE = "ybndrfg8ejkmcpqxot1uwisza345h769"
 DAY = 86_400
 
 
@@ -158,15 +159,7 @@ class FakeLightningd:
         return {"secret": hashlib.sha256(label + bytes.fromhex(self.id)).hexdigest()}
 
     def _signmessage(self, params):
-        digest = hashlib.sha256(params["message"].encode() + bytes.fromhex(self.id)).digest()
-        zbase = "".join(ZBASE[b % 32] for b in digest)
-        self.net.signatures[zbase] = (params["message"], self.id)
-        return {"signature": "00" * 64, "recid": "00", "zbase": zbase}
-
-    def _checkmessage(self, params):
-        signed = self.net.signatures.get(params["zbase"])
-        return {"pubkey": params.get("pubkey"),
-                "verified": signed == (params["message"], params.get("pubkey"))}
+        return {"zbase": signmessage(self.id, params["message"])}
 
     def _listnodes(self, params):
         return {"nodes": [{"nodeid": params["id"],
@@ -182,7 +175,6 @@ class Net:
         self.responders: Dict[str, Callable] = {}  # id -> f(sender, msg) -> [(from, msg), ...]
         self.heard: Dict[str, List] = {}            # responder id -> [(sender, msg)]
         self.bolt11: Dict[str, dict] = {}           # every invoice any node made
-        self.signatures: Dict[str, tuple] = {}
         self.announced: Dict[str, list] = {}
         self.errors: List[Exception] = []           # what a worker job raised
         self.logs: List[str] = []
@@ -631,7 +623,7 @@ def test_code_is_signed_and_names_my_rods(net):
                            for r in paycode.rods]
     [signed] = [p for m, p in rpc_of(b).calls[before:] if m == "signmessage"]
     assert signed["message"] == paycode.signed_message()
-    assert net.signatures[paycode.signature] == (paycode.signed_message(), B)
+    assert signature.signer(paycode.signed_message(), paycode.signature) == B
     assert paycode.note_key == out["note_key"] == note.note_public_key(rpc_of(b).secret)
     assert [p for m, p in rpc_of(b).calls if m == "listnodes"] == [{"id": R2}]
 
@@ -734,12 +726,42 @@ def test_fetch_from_a_real_rod_checks_and_remembers_the_invoice(net, payer):
     assert net.errors == []
 
 
+def with_signature(text: str, zbase: str) -> str:
+    return dataclasses.replace(codes.PaymentCode.decode(text), signature=zbase).encode()
+
+
+def reshaped(zbase: str, first=None, r=None, s=None) -> str:
+    """``zbase`` with its recovery byte, r or s replaced: still 104 zbase32 characters."""
+    raw = bytearray(signature.decode(zbase))
+    if first is not None:
+        raw[0] = first
+    if r is not None:
+        raw[1:33] = r.to_bytes(32, "big")
+    if s is not None:
+        raw[33:] = s.to_bytes(32, "big")
+    return signature.encode(bytes(raw))
+
+
 def test_a_code_whose_signature_does_not_verify_is_a_bad_code(net, payer):
     text = code_of(net)
-    net.signatures.clear()  # checkmessage now says verified: false
+    forged = with_signature(text, signmessage(MALLORY, codes.PaymentCode.decode(text).signed_message()))
     net.respond(R, serving(lambda: "never asked"))
-    error = fetch_error(payer, text)
+    error = fetch_error(payer, forged)
     assert error.code == Code.BAD_CODE == 2135
+    assert net.heard[R] == []
+
+
+@pytest.mark.parametrize("malformed", [
+    dict(first=40), dict(first=30), dict(first=35), dict(first=0), dict(first=255),
+    dict(r=0), dict(s=0), dict(r=signature._ORDER), dict(s=2**256 - 1)])
+def test_a_signature_lightningd_cannot_parse_is_a_bad_code_and_never_reaches_it(
+        net, payer, malformed):
+    """Issue 11.8: checkmessage aborts lightningd on a recovery byte outside 31..34."""
+    text = code_of(net)
+    crafted = with_signature(text, reshaped(codes.PaymentCode.decode(text).signature, **malformed))
+    net.respond(R, serving(lambda: "never asked"))
+    assert fetch_error(payer, crafted).code == Code.BAD_CODE
+    assert "checkmessage" not in rpc_of(payer).methods()
     assert net.heard[R] == []
 
 
@@ -749,10 +771,54 @@ def test_a_malformed_code_is_a_bad_code(net, payer, text):
     assert "checkmessage" not in rpc_of(payer).methods()
 
 
-def test_an_unreadable_signature_is_a_bad_code(net, payer):
+@pytest.mark.parametrize("zbase", ["ybndrfg8", "y" * 103, "y" * 105])
+def test_a_signature_of_the_wrong_length_is_a_bad_code(net, payer, zbase):
+    assert fetch_error(payer, with_signature(code_of(net), zbase)).code == Code.BAD_CODE
+    assert "checkmessage" not in rpc_of(payer).methods()
+
+
+# --- a Rod's onion key: kept only with the Rod's own valid signature ----------
+
+ROD_KEY = node_id(70)
+
+
+def code_with_rod_key(net, zbase: str) -> str:
+    """B's code naming R's onion key with ``zbase`` as R's signature over it."""
     text = code_of(net)
-    rpc_of(payer).fail["checkmessage"] = lambda p: True
-    assert fetch_error(payer, text).code == Code.BAD_CODE
+    paycode = codes.PaymentCode.decode(text)
+    rods = (dataclasses.replace(paycode.rods[0], onion_key=ROD_KEY, onion_key_sig=zbase),)
+    unsigned = dataclasses.replace(paycode, rods=rods)
+    return dataclasses.replace(unsigned, signature=signmessage(B, unsigned.signed_message())).encode()
+
+
+def test_a_rod_key_signed_by_the_rod_is_kept(net, payer):
+    text = code_with_rod_key(net, signmessage(R, onion.key_statement(ROD_KEY)))
+    payer.rods.verified(text)
+    assert payer.rods.rod_keys == {R: ROD_KEY}
+
+
+@pytest.mark.parametrize("zbase", [
+    lambda: signmessage(MALLORY, onion.key_statement(ROD_KEY)),   # not the Rod's key
+    lambda: signmessage(R, onion.key_statement(node_id(71))),     # over another key
+    lambda: reshaped(signmessage(R, onion.key_statement(ROD_KEY)), first=40),
+    lambda: reshaped(signmessage(R, onion.key_statement(ROD_KEY)), first=30),
+    lambda: "ybnd"])
+def test_a_rod_key_with_a_bad_signature_is_ignored_and_never_reaches_checkmessage(
+        net, payer, zbase):
+    paycode = payer.rods.verified(code_with_rod_key(net, zbase()))
+    assert paycode.node_id == B  # the code itself is fine: only the Rod's key is ignored
+    assert payer.rods.rod_keys == {}
+    assert "checkmessage" not in rpc_of(payer).methods()
+
+
+def test_b_publishes_a_rods_key_only_with_the_rods_valid_signature(net):
+    b = net.add(B, rods=(R, R2))
+    good = signmessage(R, onion.key_statement(ROD_KEY))
+    b.terms[R] = Policy(onion_key=ROD_KEY, onion_key_sig=good)
+    b.terms[R2] = Policy(onion_key=node_id(71), onion_key_sig=reshaped(
+        signmessage(R2, onion.key_statement(node_id(71))), first=40))
+    rods = codes.PaymentCode.decode(b.rods.code()["code"]).rods
+    assert [(r.onion_key, r.onion_key_sig) for r in rods] == [(ROD_KEY, good), (None, None)]
 
 
 def test_an_answer_from_another_peer_is_ignored(net, payer, monkeypatch):
