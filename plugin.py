@@ -17,14 +17,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pyln.client import Plugin  # noqa: E402
 from pyln.client.plugin import Method, RequestState  # noqa: E402
 
-from asyncln import __version__, failures, messages, params, recipient, rod  # noqa: E402
+from asyncln import __version__, messages, params, recipient, rod  # noqa: E402
 from asyncln.errors import AsynclnError, Code  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
-from asyncln.node import CONTINUE, Node, carries_record  # noqa: E402
+from asyncln.node import CONTINUE, FAIL_TEMPORARY, Node  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
 from asyncln.states import PAY_OPEN  # noqa: E402
 
-FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
 OPTION_HELP = {
     "asyncln-poll-blocks": "Re-try a held payment every this many blocks",
     "asyncln-max-hold-blocks": "Longest we hold a payment, in blocks",
@@ -108,11 +107,11 @@ def on_htlc_accepted(onion, htlc, request, plugin, peer_id=None, **kwargs):
         request.set_result(CONTINUE)  # a forward: our record only rides final-hop payloads
         return
     try:
-        NODE.htlc_accepted(onion, htlc, peer_id, request)
-    except Exception as e:
-        log(f"internal error on HTLC {htlc.get('payment_hash')}: {e!r}", level="warn")
-        if request.state == RequestState.PENDING and not NODE.is_pending(request):
-            request.set_result(FAIL_TEMPORARY if carries_record(onion) else CONTINUE)
+        NODE.htlc_accepted(onion, htlc, peer_id, request)  # owes or fails on its own errors
+    except Exception as e:  # the last resort: only an HTLC with no record may be failed
+        log(f"internal error on HTLC {htlc.get('payment_hash')}: {e!r}", level="broken")
+        if request.state == RequestState.PENDING and NODE.may_fail(htlc, request):
+            request.set_result(FAIL_TEMPORARY)
 
 
 @plugin.hook("custommsg", filters=list(messages.MESSAGE_TYPES))
@@ -134,6 +133,11 @@ def _payload(kwargs, name):
 @plugin.subscribe("block_added")
 def on_block_added(plugin, **kwargs):
     NODE.block(int(_payload(kwargs, "block_added").get("height") or kwargs["block"]["height"]))
+
+
+@plugin.subscribe("channel_state_changed")
+def on_channel_state_changed(plugin, **kwargs):
+    NODE.channel_changed()
 
 
 @plugin.subscribe("connect")

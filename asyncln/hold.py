@@ -14,9 +14,14 @@ tests/test_hold_properties.py:
 * an outgoing attempt only starts with enough CLTV and fee margin, while
   lightningd is synced, and ``SendPay.max_height`` lets the shell re-check
   the height lightningd will use just before sending;
-* a replayed HTLC is recognised by what lightningd keeps for it (peer,
-  HTLC id, amount, expiry, onion shared secret), not by the channel's
-  scid, which changes when a zero-conf channel confirms or is spliced.
+* an HTLC is named by what lightningd names it by: its channel and HTLC
+  id (:attr:`Incoming.key`); every answer carries that name. A replay is
+  recognised by the channel's id (which the shell resolves from
+  lightningd's scid/alias mapping: a zero-conf channel's scid changes when
+  it confirms or is spliced) and the HTLC id; amount, expiry and the onion's
+  shared secret, which the payer chooses, only confirm it;
+* a payment hash takes no new HTLC until the previous one's answer was
+  delivered to lightningd (:meth:`Relay.answered`), not merely decided.
 
 Each state change is emitted as :class:`Persist` *before* the action that
 depends on it. An action the shell could not carry out comes back through
@@ -64,28 +69,46 @@ def leg_refusal(policy: Policy, incoming: "Incoming", height: int, amt_to_forwar
 class Incoming:
     """The HTLC offered to us, as the htlc_accepted hook reports it."""
 
-    channel: str                         # scid or local alias: shown, never matched on
+    channel: str                         # scid or local alias, as lightningd named it last
     htlc_id: int
     amount_msat: int
     cltv_expiry: int
-    peer: Optional[str] = None           # the channel's peer: stable across scid changes
-    shared_secret: Optional[str] = None  # the onion's shared secret: the same on every replay
+    peer: Optional[str] = None           # the channel's peer
+    shared_secret: Optional[str] = None  # the onion's shared secret: chosen by the payer
+    channel_id: Optional[str] = None     # lightningd's channel id: survives scid changes
 
     @property
     def key(self) -> str:
-        """Names this HTLC for the shell's table of hook requests awaiting an answer."""
-        return self.shared_secret or f"{self.channel}/{self.htlc_id}"
+        """lightningd's name for this live HTLC: the answer to its hook call names it.
+
+        No two live HTLCs share a channel and an HTLC id; the payer chooses
+        nothing in it (a reused onion repeats the shared secret).
+        """
+        return f"{self.channel}/{self.htlc_id}"
 
     def same_htlc(self, other: "Incoming") -> bool:
-        """True for a replay of this HTLC, even if its channel's scid changed."""
-        if self.shared_secret is None or other.shared_secret is None:
-            # A record written before version 0.2 has no secret and no peer,
-            # and its channel may have been an alias since confirmed.
-            return (self.htlc_id, self.amount_msat, self.cltv_expiry) == (
-                other.htlc_id, other.amount_msat, other.cltv_expiry)
-        return (self.shared_secret, self.peer, self.htlc_id, self.amount_msat,
-                self.cltv_expiry) == (other.shared_secret, other.peer, other.htlc_id,
-                                      other.amount_msat, other.cltv_expiry)
+        """True for a replay of this (stored) HTLC, even if its channel's scid changed.
+
+        Identified by the channel (same name, or the same channel id that
+        the shell resolved from lightningd's scid/alias mapping) and the HTLC
+        id; what the payer chooses only confirms. A channel whose id is
+        unknown (a record from before channel ids were stored, whose old
+        scid lightningd no longer lists) falls back to its peer.
+        """
+        if self.htlc_id != other.htlc_id:
+            return False
+        if self.channel != other.channel:
+            if self.channel_id is not None and other.channel_id is not None:
+                if self.channel_id != other.channel_id:
+                    return False
+            elif self.peer is not None and self.peer != other.peer:
+                return False  # a version 0.1 record knows no peer: as weak as it was
+        confirmed = (self.amount_msat, self.cltv_expiry) == (other.amount_msat, other.cltv_expiry)
+        if self.peer is not None and other.peer is not None:
+            confirmed = confirmed and self.peer == other.peer
+        if self.shared_secret is not None and other.shared_secret is not None:
+            confirmed = confirmed and self.shared_secret == other.shared_secret
+        return confirmed
 
 
 @dataclass(frozen=True)
@@ -103,8 +126,9 @@ class HeldPayment:
     last_error: Optional[str] = None
     preimage: Optional[str] = None
     failure_message: Optional[str] = None
-    # Whether lightningd waits on our hook answer for this HTLC. Not
-    # persisted: after a restart only a replayed hook re-attaches it.
+    # Whether lightningd waits on our hook answer for this HTLC: true until
+    # the shell reports the answer delivered (Relay.answered), not merely
+    # decided. Not persisted: after a restart only a replayed hook re-attaches it.
     attached: bool = field(default=True, compare=False)
 
     @property
@@ -246,8 +270,8 @@ class Relay:
         self.accept_new = accept_new  # False when the operator's options were refused
         self.held: Dict[str, HeldPayment] = {}
         self.unsaved: Set[str] = set()      # a Persist failed: write again on reconcile
-        self.unanswered: Set[str] = set()   # an answer to lightningd failed: answer again
         self.forwarding: Set[str] = set()
+        self.owed: Set[str] = set()         # settled, answer not yet delivered to lightningd
         self.searching: Set[str] = set()    # a FindRoute is out
         # (next node, route hints) -> the one payment searching for it, and the ones waiting
         self.probes: Dict[tuple, str] = {}
@@ -300,21 +324,18 @@ class Relay:
         before whatever it says: the height has moved on since, and an
         attempt may be in flight or the preimage known.
         """
-        if tip_height is not None:
-            self.height = max(self.height, tip_height)
-        existing = self.replayed(payment_hash, incoming)
-        if existing is not None:
-            return self._reattach(existing, incoming)
+        replay = self.replay(payment_hash, incoming, tip_height)
+        if replay is not None:
+            return replay
         existing = self.held.get(payment_hash)
         if refusal is not None:
             return refusal, []
         if not self.policy.relay:
             return Continue(), []
-        if existing is not None and (existing.state != HoldState.FAILED or existing.attached
-                                     or payment_hash in self.unanswered):
+        if existing is not None and (existing.state != HoldState.FAILED or existing.attached):
             # A completed record must outlive its HTLC: lightningd may replay
             # that HTLC after a restart and must get the preimage again. A
-            # failed one is replaced only once its answer went out.
+            # failed one is replaced only once its answer was delivered.
             return Reject(failures.temporary_node_failure(),
                           f"another HTLC with this payment hash is already {existing.state.value}"), []
         rejection = self._admission_error(incoming, record, offset, forward_msat, outgoing_cltv)
@@ -330,12 +351,27 @@ class Relay:
         self._put(held)
         return Hold(), [Persist(held)] + self._try(held)
 
+    def replay(self, payment_hash: str, incoming: Incoming, tip_height: Optional[int] = None
+               ) -> Optional[Tuple[Verdict, List[Action]]]:
+        """A replayed HTLC answered as before, from what lightningd says of it alone: the
+        shell asks this before it parses or peels anything. None: not a replay."""
+        if tip_height is not None:
+            self.height = max(self.height, tip_height)
+        existing = self.replayed(payment_hash, incoming)
+        if existing is None:
+            return None
+        return self._reattach(existing, incoming)
+
     def replayed(self, payment_hash: str, incoming: Incoming) -> Optional[HeldPayment]:
-        """Our record for this very HTLC, which lightningd replays after a restart."""
+        """Our record for this very HTLC: lightningd replays it after a restart (the
+        record is not attached), or the shell retries a hook call it could not finish
+        (attached under the same key: no two live HTLCs share one)."""
         existing = self.held.get(payment_hash)
-        if existing is not None and not existing.attached and existing.incoming.same_htlc(incoming):
-            return existing
-        return None
+        if existing is None or not existing.incoming.same_htlc(incoming):
+            return None
+        if existing.attached and existing.incoming.key != incoming.key:
+            return None
+        return existing
 
     def chain(self, height: int, synced: bool) -> List[Action]:
         """lightningd's height and whether it says it is synced (getinfo's warnings)."""
@@ -546,6 +582,14 @@ class Relay:
         self.unsent.discard((payment_hash, partid))
         return self.may_be_in_flight(payment_hash, partid)
 
+    def answered(self, payment_hash: str, key: str) -> None:
+        """The shell delivered the answer for HTLC ``key`` (or lightningd no longer waits
+        on it here): only now may another HTLC take this payment hash."""
+        held = self.held.get(payment_hash)
+        if held is not None and held.attached and held.incoming.key == key \
+                and held.state in TERMINAL:
+            self._put(held, attached=False)
+
     def action_failed(self, action: Action, error: str) -> List[Action]:
         """The shell could not carry out ``action``: stay correct, and say what to do instead."""
         match action:
@@ -573,30 +617,27 @@ class Relay:
                 return [CheckAttempt(payment_hash, partid)]
             case CheckAttempt():
                 return []  # still forwarding; reconcile asks again
-            case ResolveIncoming(payment_hash=payment_hash, htlc=key) | FailIncoming(
-                    payment_hash=payment_hash, htlc=key):
-                held = self.held.get(payment_hash)
-                if held is not None and held.incoming.key == key:
-                    self._put(held, attached=True)
-                    self.unanswered.add(payment_hash)
-                return []
+            case ResolveIncoming() | FailIncoming():
+                return []  # still attached, so still owed: reconcile answers again
             case NotifyPayer():
                 return []  # informative only
             case _:
                 assert_never(action)
 
     def reconcile(self) -> List[Action]:
-        """Re-issue what is owed: unsaved records, unanswered HTLCs, unsettled attempts."""
+        """Re-issue what is owed: unsaved records, undelivered answers, unsettled attempts.
+
+        An answer is owed until the shell reports it delivered, whatever
+        became of the action that carried it; the shell answers a request
+        once and ignores the rest.
+        """
         actions: List[Action] = []
         for payment_hash in sorted(self.unsaved):
             if payment_hash in self.held:
                 actions.append(Persist(self.held[payment_hash]))
         self.unsaved.clear()
-        for payment_hash in sorted(self.unanswered):
-            held = self.held.get(payment_hash)
-            if held is not None and held.attached and held.state in TERMINAL:
-                actions += self._answer(held)
-        self.unanswered.clear()
+        for payment_hash in sorted(self.owed):
+            actions += self._answer(self.held[payment_hash])
         for payment_hash in sorted(self.forwarding):
             actions.append(CheckAttempt(payment_hash, self.held[payment_hash].partid))
         return actions
@@ -620,6 +661,8 @@ class Relay:
             self._count(old, -1)
         self._count(held, +1)
         self.held[held.payment_hash] = held
+        owed = held.state in TERMINAL and held.attached
+        (self.owed.add if owed else self.owed.discard)(held.payment_hash)
         wake = self._wake_height(held)
         if wake is not None and (old is None or wake != self._wake_height(old)
                                  or old.state != held.state):
@@ -646,8 +689,8 @@ class Relay:
     def _forget(self, held: HeldPayment) -> List[Action]:
         self._count(held, -1)
         del self.held[held.payment_hash]
-        for names in (self.unsaved, self.unanswered):
-            names.discard(held.payment_hash)
+        self.unsaved.discard(held.payment_hash)
+        self.owed.discard(held.payment_hash)
         # A probe forgotten before its answer must not leave its node's followers waiting.
         followers = self._end_search(held.payment_hash, "the probing payment was forgotten")
         return [Forget(held.payment_hash)] + followers
@@ -708,10 +751,15 @@ class Relay:
         """lightningd replayed the hook (restart): answer exactly as before.
 
         The record takes the replay's identity (its scid, and the peer and
-        shared secret a v0.1 record lacks): the answer must name the HTLC the
-        shell now waits on.
+        shared secret a v0.1 record lacks, the channel id an older one lacks):
+        the answer must name the HTLC the shell now waits on.
         """
-        upgraded = held.incoming.shared_secret is None
+        known = held.incoming
+        incoming = replace(incoming, peer=incoming.peer or known.peer,
+                           shared_secret=incoming.shared_secret or known.shared_secret,
+                           channel_id=incoming.channel_id or known.channel_id)
+        upgraded = (known.shared_secret, known.channel_id) != (incoming.shared_secret,
+                                                              incoming.channel_id)
         held = self._put(held, attached=True, incoming=incoming)
         owed: List[Action] = [Persist(held)] if upgraded else []
         verdict, actions = self._resume(held)
@@ -731,10 +779,9 @@ class Relay:
                 assert_never(held.state)
 
     def _answer(self, held: HeldPayment) -> List[Action]:
-        """The answer lightningd waits for; given once (action_failed re-arms it)."""
+        """The answer lightningd waits for, naming its HTLC; owed until :meth:`answered`."""
         if not held.attached:
             return []
-        self._put(held, attached=False)
         if held.state == HoldState.COMPLETE:
             return [ResolveIncoming(held.payment_hash, held.preimage, held.incoming.key)]
         return [FailIncoming(held.payment_hash, held.failure_message,

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence, assert_never
 
 from pyln.client import RpcError
+from pyln.client.plugin import RequestState
 
 from . import __version__, failures, hold, messages, onion, payee, payer, peel, rod
 from .errors import AsynclnError, Code
@@ -53,6 +54,7 @@ QUEUED_PER_PEER = 4        # a peer's requests of one kind waiting for the worke
 TERMS_SECONDS = 10         # longest an RPC waits for a just-connected peer's info
 
 CONTINUE = {"result": "continue"}
+FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
 
 
 def synced(info: dict) -> bool:
@@ -60,11 +62,36 @@ def synced(info: dict) -> bool:
     return "warning_bitcoind_sync" not in info and "warning_lightningd_sync" not in info
 
 
-def incoming_from_hook(htlc: dict, onion: dict, peer_id: Optional[str]) -> hold.Incoming:
+def incoming_from_hook(htlc: dict, onion: dict, peer_id: Optional[str],
+                       channel_id: Optional[str]) -> hold.Incoming:
     return hold.Incoming(channel=htlc["short_channel_id"], htlc_id=int(htlc["id"]),
                          amount_msat=msat(htlc["amount_msat"]),
                          cltv_expiry=int(htlc["cltv_expiry"]), peer=peer_id,
-                         shared_secret=onion.get("shared_secret"))
+                         shared_secret=onion.get("shared_secret"), channel_id=channel_id)
+
+
+def htlc_key(htlc: dict) -> str:
+    """The name lightningd gives the HTLC in this hook call (see hold.Incoming.key)."""
+    return f"{htlc['short_channel_id']}/{int(htlc['id'])}"
+
+
+def channel_names(channels: List[dict]) -> Dict[str, str]:
+    """lightningd's own mapping (listpeerchannels): each scid and local alias -> channel id.
+
+    The hook names a channel by its scid, or by its local alias until it has
+    one; the peer's alias (alias.remote) is the peer's choice, never ours.
+    """
+    names = {}
+    for channel in channels:
+        channel_id = channel.get("channel_id")
+        for name in (channel.get("short_channel_id"), (channel.get("alias") or {}).get("local")):
+            if channel_id and name:
+                names[name] = channel_id
+    return names
+
+
+def waiting(request) -> bool:
+    return request.state == RequestState.PENDING
 
 
 def carries_record(hook_onion: dict) -> bool:
@@ -94,15 +121,29 @@ class Node:
         self.node_id = info["id"]
         self.refused_options = refused_options
         self.important = self._is_important(plugin_paths)
-        self.relay = hold.Relay(
-            policy, info["blockheight"], self._load("held", hold.HeldPayment.from_json).values(),
-            synced=synced(info), accept_new=refused_options is None)
+        # scid or local alias -> channel id, from listpeerchannels; names are only
+        # added (a spliced channel's old scid still names it for a replay).
+        self.channels: Dict[str, str] = {}
+        try:
+            self.refresh_channels()
+        except Exception as e:  # never keep the plugin (and its held HTLCs) from starting
+            self.log(f"listpeerchannels failed at startup: {e!r}; unknown channels are "
+                     "looked up when their HTLCs arrive", level="broken")
+        loaded = self._load("held", hold.HeldPayment.from_json).values()
+        held = [self._with_channel_id(h) for h in loaded]
+        self.relay = hold.Relay(policy, info["blockheight"], held, synced=synced(info),
+                                accept_new=refused_options is None)
+        # Records that just learnt their channel id: startup's reconcile writes them.
+        self.relay.unsaved.update(h.payment_hash for h, old in zip(held, loaded) if h is not old)
         self.pays: Dict[str, payer.Pay] = self._load("pay", payer.Pay.from_json)
         self.terms: Dict[str, Policy] = {}   # peer -> the terms its INFO announced
-        # (payment hash, Incoming.key) -> htlc_accepted request awaiting our answer.
-        # Keyed by HTLC, not hash: a second HTLC with the same hash must never
-        # take the first one's answer.
-        self.pending: Dict[tuple, object] = {}
+        # Incoming.key (channel/HTLC id, as lightningd named it) -> the htlc_accepted
+        # request awaiting our answer. Never payer-chosen data: an HTLC must never
+        # take another's answer.
+        self.pending: Dict[str, object] = {}
+        # Incoming.key -> the hook call (onion, htlc, peer, request) still to decide:
+        # its channel was unknown, or deciding raised while it may have a record.
+        self.undecided: Dict[str, tuple] = {}
         self.paying: set = set()             # hashes an asyncln-pay call is working on
         self._jobs: deque = deque()
         self._cv = threading.Condition()
@@ -135,6 +176,18 @@ class Node:
             except (KeyError, TypeError, ValueError) as e:
                 self.log(f"skipping unreadable {kind} record {key}: {e!r}", level="warn")
         return loaded
+
+    def refresh_channels(self) -> None:
+        names = channel_names(self.rpc.call("listpeerchannels")["channels"])
+        with self.lock:
+            self.channels.update(names)
+
+    def _with_channel_id(self, held: hold.HeldPayment) -> hold.HeldPayment:
+        """A record stored before channel ids were: its channel's id, if lightningd lists it."""
+        if held.incoming.channel_id is not None:
+            return held
+        return replace(held, incoming=replace(held.incoming,
+                                              channel_id=self.channels.get(held.incoming.channel)))
 
     def has_open_records(self) -> bool:
         """Any held record counts: a complete or failed one may still be replayed."""
@@ -224,8 +277,14 @@ class Node:
                 error = rpc_message(e) if isinstance(e, RpcError) else repr(e)
                 self.log(f"{type(action).__name__} for {action.payment_hash} failed: {error}",
                          level="warn")
-                with self.lock:
-                    follow = self.relay.action_failed(action, error)
+                try:
+                    with self.lock:
+                        follow = self.relay.action_failed(action, error)
+                except Exception as e:  # the rest of the queue may hold another HTLC's answer
+                    self.log(f"internal error reporting a failed {type(action).__name__} for "
+                             f"{action.payment_hash}: {e!r}; reconcile re-issues what is owed",
+                             level="broken")
+                    follow = []
             queue.extendleft(reversed(follow))
 
     def execute(self, action: hold.Action) -> List[hold.Action]:
@@ -249,11 +308,11 @@ class Node:
             case hold.CheckAttempt(payment_hash=payment_hash, partid=partid):
                 return self.check_attempt(payment_hash, partid)
             case hold.ResolveIncoming(payment_hash=payment_hash, preimage=preimage, htlc=key):
-                self.answer((payment_hash, key), {"result": "resolve", "payment_key": preimage},
+                self.answer(payment_hash, key, {"result": "resolve", "payment_key": preimage},
                             "resolved with the preimage")
             case hold.FailIncoming(payment_hash=payment_hash, failure_message=message,
                                    reason=reason, htlc=key):
-                self.answer((payment_hash, key), {"result": "fail", "failure_message": message},
+                self.answer(payment_hash, key, {"result": "fail", "failure_message": message},
                             f"failed back: {reason}")
             case hold.NotifyPayer():
                 self.send(action.payer, messages.PaymentStatus(
@@ -438,24 +497,31 @@ class Node:
                 return judge_failure(data, rpc_message(e))
         return None
 
-    def answer(self, htlc: tuple, result: dict, what: str) -> None:
+    def answer(self, payment_hash: str, key: str, result: dict, what: str) -> None:
+        """Answer the request lightningd named ``key``, then tell the core it was delivered."""
         with self.lock:
-            request = self.pending.pop(htlc, None)
+            request = self.pending.pop(key, None)
+            self.undecided.pop(key, None)
         if request is None:
-            self.log(f"HTLC {htlc[0]} {what}, but lightningd no longer waits on it",
+            self.log(f"HTLC {payment_hash} ({key}) {what}, but lightningd no longer waits on it",
                      level="debug")
-            return
-        try:
-            request.set_result(result)
-        except Exception:
-            with self.lock:
-                self.pending.setdefault(htlc, request)
-            raise
-        self.log(f"HTLC {htlc[0]} {what}")
-
-    def is_pending(self, request) -> bool:
+        else:
+            try:
+                request.set_result(result)
+            except Exception:
+                if waiting(request):  # not delivered: still owed
+                    with self.lock:
+                        self.pending.setdefault(key, request)
+                    raise
+            self.log(f"HTLC {payment_hash} ({key}) {what}")
         with self.lock:
-            return any(r is request for r in self.pending.values())
+            self.relay.answered(payment_hash, key)
+
+    def may_fail(self, htlc: dict, request) -> bool:
+        """plugin.py's last resort: only an HTLC with no record and no answer owed may be failed."""
+        with self.lock:
+            return (htlc.get("payment_hash") not in self.relay.held
+                    and not any(r is request for r in self.pending.values()))
 
     def send(self, peer: str, msg) -> bool:
         """Informative messages: a peer that is gone is not an error."""
@@ -468,29 +534,92 @@ class Node:
 
     # --- events from hooks and notifications (dispatch thread: no I/O) ------
 
-    def htlc_accepted(self, hook_onion: dict, htlc: dict, peer_id: Optional[str], request) -> None:
-        if not carries_record(hook_onion):
-            request.set_result(CONTINUE)  # not ours: never wait for the lock a poll round holds
+    def htlc_accepted(self, hook_onion: dict, htlc: dict, peer_id: Optional[str], request,
+                      refreshed: bool = False) -> None:
+        """Decide, or keep owing: an error never fails an HTLC that has a record.
+
+        Only an HTLC with no record, for which nothing was sent, is failed
+        (or passed on) when deciding raises; any other stays pending,
+        logged at ``broken``, and reconcile decides it again.
+        """
+        try:
+            self._decide(hook_onion, htlc, peer_id, request, refreshed)
+        except Exception as e:
+            if self._owe(hook_onion, htlc, peer_id, request, e):
+                return
+            self.log(f"internal error on HTLC {htlc.get('payment_hash')}: {e!r}", level="warn")
+            if waiting(request):
+                try:
+                    ours = carries_record(hook_onion)
+                except Exception:
+                    ours = True  # unreadable: refuse rather than let it pass as a plain payment
+                request.set_result(FAIL_TEMPORARY if ours else CONTINUE)
+
+    def _owe(self, hook_onion, htlc, peer_id, request, error) -> bool:
+        """Keep an HTLC that may have a record waiting, to decide again at reconcile."""
+        payment_hash = htlc.get("payment_hash")
+        with self.lock:
+            held = self.relay.held.get(payment_hash)
+            try:
+                key = htlc_key(htlc)
+                incoming = incoming_from_hook(htlc, hook_onion, peer_id,
+                                              self.channels.get(htlc["short_channel_id"]))
+            except Exception:  # whatever broke may break this too: it may be its record
+                key, incoming = f"unnamed/{id(request)}", None
+            mine = held is not None and (incoming is None or held.incoming.key == key
+                                         or held.incoming.same_htlc(incoming))
+            if not waiting(request) or not mine:
+                return False
+            self.pending[key] = request
+            self.undecided[key] = (hook_onion, htlc, peer_id, request)
+        self.log(f"internal error on HTLC {payment_hash} ({key}), which may have a record: "
+                 f"{error!r}; its answer stays owed and reconcile decides again", level="broken")
+        return True
+
+    def _decide(self, hook_onion: dict, htlc: dict, peer_id: Optional[str], request,
+                refreshed: bool) -> None:
+        payment_hash = htlc["payment_hash"]
+        key = htlc_key(htlc)
+        # Replays first, before any parsing or crypto: a dict lookup, no lock for
+        # the plain HTLCs that are not ours.
+        if payment_hash not in self.relay.held and not carries_record(hook_onion):
+            request.set_result(CONTINUE)
             return
-        payload = bytes.fromhex(hook_onion["payload"])
-        incoming = incoming_from_hook(htlc, hook_onion, peer_id)
+        channel_id = self.channels.get(htlc["short_channel_id"])
+        if channel_id is None and not refreshed:
+            # A channel we have not mapped yet: ask lightningd off the hook path.
+            with self.lock:
+                self.pending[key] = request
+                self.undecided[key] = (hook_onion, htlc, peer_id, request)
+            self.submit(self.decide_again, urgent=True)
+            return
+        incoming = incoming_from_hook(htlc, hook_onion, peer_id, channel_id)
         tip = None
         if "cltv_expiry_relative" in htlc:
             tip = incoming.cltv_expiry - int(htlc["cltv_expiry_relative"])
-        payment_hash = htlc["payment_hash"]
+        decided: List[hold.Action] = []
+        try:
+            with self.lock:
+                replay = self.relay.replay(payment_hash, incoming, tip)
+                if replay is not None:
+                    verdict, actions = replay
+                    decided += actions
+                    return self._tell(verdict, payment_hash, key, request)
+            self._judge(hook_onion, payment_hash, incoming, tip, request, decided)
+        finally:
+            self.submit_actions(decided)  # what the core decided is carried out, whatever raised
+
+    def _judge(self, hook_onion: dict, payment_hash: str, incoming: hold.Incoming,
+               tip: Optional[int], request, decided: List[hold.Action]) -> None:
+        """Not a replay: read the record (peel the onion), and let the core decide."""
+        payload = bytes.fromhex(hook_onion["payload"])
         forward_msat = msat(hook_onion.get("forward_msat", 0))
         outgoing_cltv = int(hook_onion.get("outgoing_cltv_value", 0))
         # Version 2: peel our layer (one ECDH, no I/O) before taking the lock.
         peeled = peel.read(payload, payment_hash, self.onion_secret, self.node_id,
                            self.relay.policy, incoming, max(self.relay.height, tip or 0))
         with self.lock:
-            replayed = self.relay.replayed(payment_hash, incoming)
-            if isinstance(peeled, hold.Reject) and replayed is not None:
-                # Whatever the onion says now (no key after a restart?), a replay
-                # is answered as before: an attempt may be in flight.
-                verdict, actions = self.relay.admit(payment_hash, incoming, replayed.record, 0,
-                                                    forward_msat, outgoing_cltv, tip)
-            elif isinstance(peeled, hold.Reject):
+            if isinstance(peeled, hold.Reject):
                 verdict, actions = peeled, []
             elif peeled is not None:
                 record, offset, refusal = peeled
@@ -502,17 +631,55 @@ class Node:
                     "clear records (version 1) are refused: asyncln-accept-clear=false")
                 verdict, actions = self.relay.htlc_accepted(
                     payment_hash, incoming, payload, forward_msat, outgoing_cltv, tip, refusal)
-            match verdict:
-                case hold.Continue():
-                    request.set_result(CONTINUE)
-                case hold.Reject(failure_message=message, reason=reason):
-                    self.log(f"rejecting asyncln HTLC {payment_hash}: {reason}", level="info")
-                    request.set_result({"result": "fail", "failure_message": message})
-                case hold.Hold():
-                    self.pending[(payment_hash, incoming.key)] = request
-                case _:
-                    assert_never(verdict)
-        self.submit_actions(actions)
+            decided += actions
+            self._tell(verdict, payment_hash, incoming.key, request)
+
+    def _tell(self, verdict: hold.Verdict, payment_hash: str, key: str, request) -> None:
+        """Under the lock: an answer for a held HTLC must find its request in the table."""
+        match verdict:
+            case hold.Continue():
+                request.set_result(CONTINUE)
+            case hold.Reject(failure_message=message, reason=reason):
+                self.log(f"rejecting asyncln HTLC {payment_hash}: {reason}", level="info")
+                request.set_result({"result": "fail", "failure_message": message})
+            case hold.Hold():
+                self.pending[key] = request
+                return
+            case _:
+                assert_never(verdict)
+        if self.pending.get(key) is request:
+            del self.pending[key]
+
+    def decide_again(self) -> None:
+        """Worker: hook calls that wait for a decision, with lightningd's channels read afresh.
+
+        A failed listpeerchannels only weakens the match on a channel whose
+        scid changed (see hold.Incoming.same_htlc); never stalls an HTLC.
+        """
+        with self.lock:
+            if not self.undecided:
+                return
+        try:
+            self.refresh_channels()
+        except Exception as e:
+            self.log(f"listpeerchannels failed: {e!r}", level="warn")
+        with self.lock:
+            calls = list(self.undecided.items())
+        for key, call in calls:
+            with self.lock:
+                if self.undecided.get(key) is not call:
+                    continue  # decided or answered meanwhile
+                del self.undecided[key]
+                if self.pending.get(key) is call[3]:
+                    del self.pending[key]
+            try:
+                self.htlc_accepted(*call, refreshed=True)
+            except Exception as e:  # not even a failure could be written: try again later
+                if waiting(call[3]):
+                    with self.lock:
+                        self.pending.setdefault(key, call[3])
+                        self.undecided.setdefault(key, call)
+                self.log(f"could not answer HTLC {key}: {e!r}", level="broken")
 
     def block(self, height: int) -> None:
         def job():
@@ -531,10 +698,15 @@ class Node:
     def reconcile(self) -> None:
         """Re-issue what is owed; settle open payments from lightningd's own records."""
         self._last_reconcile = time.monotonic()
+        self.decide_again()
         with self.lock:
             actions = self.relay.reconcile()
         self.run(actions)
         self.reconcile_pays()
+
+    def channel_changed(self) -> None:
+        """A channel opened, confirmed or was spliced: map its new names before its HTLCs."""
+        self.submit(self.refresh_channels)
 
     def peer_connected(self, peer: str) -> None:
         def job():

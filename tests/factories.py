@@ -3,6 +3,7 @@
 import hashlib
 
 from coincurve import PrivateKey
+from pyln.client.plugin import RequestState
 
 from asyncln import signature
 from asyncln.hold import Incoming
@@ -34,10 +35,14 @@ def record(amount=100_000, final_cltv=18, please_poll=True, max_hold=None, node=
                             please_poll=please_poll, max_hold_blocks=max_hold, report_to=report_to)
 
 
+CHANNEL_ID = "cc" * 32
+
+
 def incoming(amount=110_000, cltv_expiry=1500, htlc_id=0, channel="103x1x0", peer=PAYER,
-             secret="33" * 32):
+             secret="33" * 32, channel_id=CHANNEL_ID):
+    """By default on one channel, whatever scid or alias lightningd names it by."""
     return Incoming(channel=channel, htlc_id=htlc_id, amount_msat=amount, cltv_expiry=cltv_expiry,
-                    peer=peer, shared_secret=secret)
+                    peer=peer, shared_secret=secret, channel_id=channel_id)
 
 
 def payload(rec, amount=110_000, cltv_expiry=1500) -> bytes:
@@ -49,3 +54,26 @@ def direct_route(rec, delay=None):
     return [{"id": rec.next_node, "channel": "105x1x0", "direction": 0,
              "amount_msat": rec.amount_msat,
              "delay": rec.final_cltv_delta if delay is None else delay}]
+
+
+class Request:
+    """An htlc_accepted request lightningd waits on; like pyln's, it takes one answer only."""
+
+    def __init__(self):
+        self.results = []
+        self.state = RequestState.PENDING
+
+    @property
+    def result(self):
+        return self.results[-1] if self.results else None
+
+    def set_result(self, result):
+        if self.state != RequestState.PENDING:
+            raise ValueError("Cannot set the result of a request that is not pending")
+        self.results.append(result)
+        self.state = RequestState.FINISHED
+
+
+def channel(channel_id=CHANNEL_ID, scid="103x1x0", alias="1x0x0"):
+    """A listpeerchannels entry: the names lightningd gives one channel."""
+    return {"channel_id": channel_id, "short_channel_id": scid, "alias": {"local": alias}}

@@ -37,6 +37,14 @@ def fail_back(reason, key=KEY):
     return hold.FailIncoming(PAYMENT_HASH, failures.temporary_trampoline_failure(), reason, key)
 
 
+def deliver(relay, actions):
+    """The shell delivered every answer among ``actions`` to lightningd."""
+    for a in actions:
+        if isinstance(a, (hold.ResolveIncoming, hold.FailIncoming)):
+            relay.answered(a.payment_hash, a.htlc)
+    return actions
+
+
 def arrive(relay, rec=None, inc=None, payment_hash=PAYMENT_HASH, tip=None, **kw):
     rec = rec or record()
     inc = inc or incoming()
@@ -363,7 +371,7 @@ def test_replay_of_terminal_answers_the_same():
 
 def test_terminal_records_are_forgotten_after_expiry():
     relay = held_relay()
-    relay.block(1100)
+    deliver(relay, relay.block(1100))
     assert relay.block(1500) == []
     assert relay.block(1501) == [hold.Forget(PAYMENT_HASH)]
     assert relay.held == {}
@@ -378,10 +386,14 @@ def test_completed_record_is_kept_for_its_htlc():
     assert actions == [RESOLVE]
 
 
-def test_failed_record_gives_way_to_a_new_htlc():
+def test_failed_record_gives_way_to_a_new_htlc_once_its_answer_was_delivered():
     relay = held_relay()
-    relay.block(1100)
-    verdict, _ = arrive(relay, inc=incoming(htlc_id=5, cltv_expiry=1700, secret="44" * 32))
+    fail = relay.block(1100)
+    second = incoming(htlc_id=5, cltv_expiry=1700, secret="44" * 32)
+    verdict, _ = arrive(relay, inc=second)  # decided, not yet delivered
+    assert verdict == hold.Reject(TEMPORARY, "another HTLC with this payment hash is already failed")
+    deliver(relay, fail)
+    verdict, _ = arrive(relay, inc=second)
     assert isinstance(verdict, hold.Hold)
     assert relay.held[PAYMENT_HASH].incoming.htlc_id == 5
 
@@ -435,8 +447,8 @@ REAL_SCID = "800000x1x0"  # the zero-conf channel confirmed: its alias gave way 
     (HoldState.HELD, lambda: [hold.FindRoute(PAYMENT_HASH, RECIPIENT, 100_000, 18, maxfee_msat=8900,
                                              maxdelay=1500 - 10 - 1000 - 2)]),
     (HoldState.FORWARDING, lambda: [hold.CheckAttempt(PAYMENT_HASH, 1)]),
-    (HoldState.COMPLETE, lambda: [RESOLVE]),
-    (HoldState.FAILED, lambda: [fail_back(hold.GAVE_UP)]),
+    (HoldState.COMPLETE, lambda: [replace(RESOLVE, htlc=f"{REAL_SCID}/0")]),
+    (HoldState.FAILED, lambda: [fail_back(hold.GAVE_UP, f"{REAL_SCID}/0")]),
 ])
 def test_replay_with_a_new_scid_is_answered_as_before(state, expected):
     relay = restart(relay_in(state))
@@ -474,8 +486,8 @@ def test_replay_must_match_what_lightningd_keeps(changed):
 
 def test_replay_of_a_failed_record_then_a_new_htlc_gives_way():
     relay = restart(relay_in(HoldState.FAILED))
-    arrive(relay, inc=incoming(channel=REAL_SCID))
-    verdict, _ = arrive(relay, inc=incoming(secret="44" * 32, cltv_expiry=1700))
+    deliver(relay, arrive(relay, inc=incoming(channel=REAL_SCID))[1])
+    verdict, _ = arrive(relay, inc=incoming(htlc_id=1, secret="44" * 32, cltv_expiry=1700))
     assert isinstance(verdict, hold.Hold)
     assert relay.held[PAYMENT_HASH].state == HoldState.HELD
 
@@ -754,22 +766,25 @@ def test_failed_answer_is_given_again_on_reconcile(state):
         actions = relay.block(1100)
     answer = actions[-1]
     assert isinstance(answer, (hold.ResolveIncoming, hold.FailIncoming))
-    assert relay.reconcile() == []  # given once
     assert relay.action_failed(answer, "rpc went away") == []
     assert relay.held[PAYMENT_HASH].attached
+    assert relay.reconcile() == [answer]  # owed until delivered
+    relay.answered(PAYMENT_HASH, "another/1")  # another HTLC's delivery changes nothing
     assert relay.reconcile() == [answer]
+    relay.answered(PAYMENT_HASH, answer.htlc)
     assert relay.reconcile() == []
     assert not relay.held[PAYMENT_HASH].attached
 
 
 def test_a_failed_answer_for_a_replaced_htlc_does_not_rearm_the_new_one():
     relay = held_relay()
-    fail = relay.block(1100)[-1]
+    fail = deliver(relay, relay.block(1100))[-1]
     second = incoming(htlc_id=5, cltv_expiry=1700, secret="44" * 32)
     assert isinstance(arrive(relay, inc=second)[0], hold.Hold)  # the first's answer went out
     before = relay.held[PAYMENT_HASH]
     assert relay.action_failed(fail, "x") == []
-    assert relay.held[PAYMENT_HASH] == before and PAYMENT_HASH not in relay.unanswered
+    relay.answered(PAYMENT_HASH, fail.htlc)  # a stale report for the first HTLC
+    assert relay.held[PAYMENT_HASH] == before and relay.held[PAYMENT_HASH].attached
     assert relay.reconcile() == []
 
 
@@ -828,7 +843,7 @@ def test_failed_forget_or_notify_changes_nothing(action):
 
 def test_answer_failure_for_a_forgotten_payment_is_harmless():
     relay = held_relay()
-    fail = relay.block(1100)[-1]
+    fail = deliver(relay, relay.block(1100))[-1]
     relay.block(1501)
     assert relay.held == {}
     assert relay.action_failed(fail, "x") == []
@@ -979,7 +994,8 @@ def test_without_please_poll_a_follower_fails_with_its_probe():
            inc=incoming(htlc_id=1, secret="02" * 32))
     actions = relay.route_failed(HASHES[0], "offline")
     assert hold.FailIncoming(HASHES[1], failures.temporary_trampoline_failure(),
-                             "recipient unreachable: no route: offline", "02" * 32) in actions
+                             "recipient unreachable: no route: offline",
+                             incoming(htlc_id=1).key) in actions
     assert relay.held[HASHES[0]].state == HoldState.HELD
 
 
@@ -1001,7 +1017,7 @@ def test_a_cancelled_probe_still_releases_its_followers():
 def test_a_forgotten_probe_does_not_starve_its_node():
     relay = hold.Relay(ROOMY, 1000)
     arrive(relay, payment_hash=HASHES[0])  # FindRoute out
-    relay.cancel(HASHES[0])
+    deliver(relay, relay.cancel(HASHES[0]))
     assert relay.block(1501) == [hold.Forget(HASHES[0])]  # forgotten before its answer came
     _, actions = arrive(relay, payment_hash=HASHES[1],
                         inc=incoming(htlc_id=1, secret="44" * 32, cltv_expiry=1800))
@@ -1205,7 +1221,6 @@ def test_only_the_payer_may_cancel_and_a_refusal_changes_nothing(peer, payment_h
         relay.payer_cancel(payment_hash, peer)
     assert refused.value.code == Code.UNKNOWN_PAYMENT
     assert relay.held[PAYMENT_HASH] == before
-    assert relay.unanswered == set()
     assert kinds(relay.block(1006)) == ["FindRoute"]  # still held: tried at its next poll
 
 

@@ -119,6 +119,7 @@ class ShellMachine(RuleBasedStateMachine):
                     raise Crash()
                 self.crash_after -= 1
             action = queue.popleft()
+            self.check_names_its_htlc(action)
             if self.fail_rate and rnd.random() < self.fail_rate:
                 follow = self.fail(action, rnd)
                 note(f"  FAILED {describe(action)} -> {[describe(a) for a in follow]}")
@@ -180,15 +181,26 @@ class ShellMachine(RuleBasedStateMachine):
                 assert hashlib.sha256(bytes.fromhex(preimage)).hexdigest() == payment_hash
                 if self.waiting.pop((payment_hash, key), None) is not None:
                     self.resolved[payment_hash] = self.resolved.get(payment_hash, 0) + 1
+                relay.answered(payment_hash, key)  # Node.answer: delivered (or none waits)
             case hold.FailIncoming(payment_hash=payment_hash, htlc=key):
                 if (payment_hash, key) in self.waiting:
                     self.check_may_fail(payment_hash, key)
                     del self.waiting[(payment_hash, key)]
+                relay.answered(payment_hash, key)
             case hold.NotifyPayer():
                 assert action.payer in (PAYER, OTHER)
             case _:
                 raise AssertionError(f"unknown action {action!r}")
         return []
+
+    def check_names_its_htlc(self, action):
+        """An answer is for the HTLC whose record decided it, which waits for no other answer."""
+        if isinstance(action, (hold.ResolveIncoming, hold.FailIncoming)):
+            held = self.relay.held.get(action.payment_hash)
+            if held is not None and held.attached and held.incoming.key == action.htlc:
+                expected = (HoldState.COMPLETE if isinstance(action, hold.ResolveIncoming)
+                            else HoldState.FAILED)
+                assert held.state == expected, "an HTLC would get another decision's answer"
 
     def send(self, action):
         """node.send_attempt: may_send, lightningd's height and sync, then sendpay."""
@@ -270,11 +282,13 @@ class ShellMachine(RuleBasedStateMachine):
         replays = sorted(self.waiting.values(), key=lambda w: (w.payment_hash, w.incoming.key))
         rnd.shuffle(replays)
         for waiting in replays:
+            # A zero-conf channel confirmed: lightningd names it by its real scid now.
             scid = rnd.choice([waiting.incoming.channel, f"{800000 + self.next_htlc}x1x0"])
             replayed = replace(waiting, incoming=replace(waiting.incoming, channel=scid))
             if self.waiting.get((waiting.payment_hash, waiting.incoming.key)) is not waiting:
                 continue  # answered meanwhile
-            self.waiting[(waiting.payment_hash, waiting.incoming.key)] = replayed
+            del self.waiting[(waiting.payment_hash, waiting.incoming.key)]
+            self.waiting[(replayed.payment_hash, replayed.incoming.key)] = replayed
             self.hook(replayed, rnd)
         self.event(rnd, self.relay.reconcile)  # Node._startup
 
@@ -297,8 +311,10 @@ class ShellMachine(RuleBasedStateMachine):
 
     def new_htlc(self, rnd, i, node, poll, expiry, report_to, tip):
         n = self.next_htlc = self.next_htlc + 1
+        # A payer may reuse an onion (createonion's session key): the same shared secret.
         inc = incoming(cltv_expiry=self.height + expiry, htlc_id=n, channel=f"{n}x1x0",
-                       peer=rnd.choice([PAYER, OTHER]), secret=f"{n:064x}")
+                       peer=rnd.choice([PAYER, OTHER]), secret=rnd.choice(["ab" * 32, f"{n:064x}"]),
+                       channel_id=f"{n:064x}")
         waiting = Waiting(HASHES[i], inc, record(node=node, please_poll=poll, report_to=report_to))
         self.waiting[(HASHES[i], inc.key)] = waiting
         self.hook(waiting, rnd, self.height if tip else None)
@@ -399,7 +415,10 @@ class ShellMachine(RuleBasedStateMachine):
         else:
             raise AssertionError("reconcile never settled")
         relay = self.relay
-        assert not relay.unsaved and not relay.unanswered
+        assert not relay.unsaved
+        for payment_hash, held in relay.held.items():
+            if held.state not in HOLD_OPEN:
+                assert not held.attached, "an answer decided was never delivered"
         for (payment_hash, key), waiting in self.waiting.items():
             held = relay.held.get(payment_hash)
             assert held is not None, "an HTLC waits for a record the relay no longer has"
@@ -452,7 +471,7 @@ TestShellMachine = ShellMachine.TestCase
 # A failed route search changes a HELD record's attempts, next poll and last
 # error without a Persist, and a replay's new scid is not written either: only
 # state changes are. A restart forgets these, which costs a payer notice or a
-# stale channel in listheld at most (replays are not matched on the channel).
+# stale channel in listheld at most (replays are matched on the channel id).
 NOT_WRITTEN_ON_EVERY_TRY = ("attempts", "next_poll_height", "last_error")
 
 
@@ -468,11 +487,11 @@ def describe(action):
     h = f"H{HASHES.index(action.payment_hash)}"
     match action:
         case hold.Persist(held=held):
-            return f"Persist({h} {held.state.value} p{held.partid} #{int(held.incoming.key, 16)})"
+            return f"Persist({h} {held.state.value} p{held.partid} #{held.incoming.key})"
         case hold.SendPay() | hold.CheckAttempt():
             return f"{type(action).__name__}({h} p{action.partid})"
         case hold.ResolveIncoming(htlc=key) | hold.FailIncoming(htlc=key):
-            return f"{type(action).__name__}({h} #{int(key, 16)})"
+            return f"{type(action).__name__}({h} #{key})"
         case _:
             return f"{type(action).__name__}({h})"
 
@@ -492,6 +511,8 @@ class OneBatch:
             else:
                 self.done.append(action)
                 follow = []
+                if isinstance(action, (hold.ResolveIncoming, hold.FailIncoming)):
+                    self.relay.answered(action.payment_hash, action.htlc)  # delivered
             queue.extendleft(reversed(follow))
 
 
@@ -508,8 +529,8 @@ def test_a_failing_persist_for_one_payment_still_resolves_another():
     batch = relay.cancel(x) + relay.attempt_succeeded(y, PREIMAGES[1].hex())
     shell = OneBatch(relay, lambda a: isinstance(a, hold.Persist) and a.payment_hash == x)
     shell.run(batch)
-    assert hold.ResolveIncoming(y, PREIMAGES[1].hex(), f"{2:064x}") in shell.done
-    assert hold.FailIncoming(x, "2019", "cancelled by the holding node's operator", f"{1:064x}") in shell.done
+    assert hold.ResolveIncoming(y, PREIMAGES[1].hex(), incoming(htlc_id=1).key) in shell.done
+    assert hold.FailIncoming(x, "2019", "cancelled by the holding node's operator", incoming(htlc_id=0).key) in shell.done
     assert relay.reconcile()[0] == hold.Persist(relay.held[x])  # and x's record is saved again
 
 

@@ -195,12 +195,12 @@ class RelayMachine(RuleBasedStateMachine):
         verdict, actions = self.step(lambda: relay.htlc_accepted(
             payment_hash, inc, payload(rec, inc.amount_msat, inc.cltv_expiry),
             inc.amount_msat, inc.cltv_expiry, tip))
-        replay = (existing is not None and not existing.attached
-                  and existing.incoming.same_htlc(inc))
+        replay = (existing is not None and existing.incoming.same_htlc(inc)
+                  and (not existing.attached or existing.incoming.key == inc.key))
         if replay:
             assert isinstance(verdict, hold.Hold), "a replay after a restart was not recognised"
             now = relay.held[payment_hash]
-            assert now.attached == (now.state not in TERMINAL)  # a settled one was answered
+            assert now.attached  # lightningd waits on it until the answer is delivered
             assert relay.held[payment_hash].incoming.channel == inc.channel
         elif existing is not None and (existing.state != HoldState.FAILED or existing.attached):
             assert isinstance(verdict, (hold.Reject, hold.Continue))
@@ -230,7 +230,11 @@ class RelayMachine(RuleBasedStateMachine):
         attached = held.attached
         verdict, actions = self.hook(held.payment_hash, inc, held.record,
                                      None if tip is None else self.relay.height + tip)
-        if attached:  # the same HTLC twice in one run: not a replay
+        if attached and scid == held.incoming.channel:  # the shell decides it again
+            assert isinstance(verdict, hold.Hold)
+            assert self.relay.held[held.payment_hash].incoming == held.incoming
+            return
+        if attached:  # one channel, one HTLC id: never two live HTLCs
             if self.relay.policy.relay:
                 assert verdict == hold.Reject(failures.temporary_node_failure(),
                                               f"another HTLC with this payment hash is already {held.state.value}")
@@ -384,6 +388,8 @@ class RelayMachine(RuleBasedStateMachine):
                                                                         action.partid):
             return  # the shell skips an attempt that is no longer the one to send
         if not fail:
+            if isinstance(action, (hold.ResolveIncoming, hold.FailIncoming)):
+                self.relay.answered(action.payment_hash, action.htlc)  # delivered
             return
         before = self.relay.held.get(action.payment_hash)
         unsent = isinstance(action, hold.Persist) and \
@@ -449,6 +455,7 @@ class RelayMachine(RuleBasedStateMachine):
         assert all(n >= 0 for n in relay.peer_count.values())
         assert dict(relay.by_node) == dict(nodes)
         assert relay.forwarding == {h.payment_hash for h in open_ if h.state == HoldState.FORWARDING}
+        assert relay.owed == {h for h, p in relay.held.items() if p.state in TERMINAL and p.attached}
 
     @invariant()
     def settled_records_hold_what_they_need(self):

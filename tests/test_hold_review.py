@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from factories import PAYMENT_HASH, PREIMAGE, direct_route, incoming, payload, record
+from factories import PAYMENT_HASH, PREIMAGE, Request, direct_route, incoming, payload, record
 from test_node import RecordingRpc, node
 
 from asyncln import hold
@@ -16,33 +16,29 @@ def arrive(relay, inc):
                                inc.amount_msat, inc.cltv_expiry)
 
 
-class Request:
-    def __init__(self):
-        self.results = []
-
-    def set_result(self, result):
-        self.results.append(result)
-
-
 def test_a_second_htlc_with_the_hash_never_takes_the_first_ones_answer():
     shell = node(RecordingRpc())
     first, second = Request(), Request()
-    one, two = incoming(), incoming(htlc_id=7, secret="44" * 32)
+    one, two = incoming(), incoming(htlc_id=7)  # the same onion: the same shared secret
     with shell.lock:
         verdict, _ = arrive(shell.relay, one)
-        shell.pending[(PAYMENT_HASH, one.key)] = first
+        shell.pending[one.key] = first
         owed = shell.relay.cancel(PAYMENT_HASH)      # FailIncoming for the first, not yet run
         verdict, actions = arrive(shell.relay, two)  # the second arrives meanwhile
-        assert isinstance(verdict, hold.Hold)
-        shell.pending[(PAYMENT_HASH, two.key)] = second
+        assert isinstance(verdict, hold.Reject)      # the first's answer is not delivered yet
     shell.run(owed)
     assert [r["result"] for r in first.results] == ["fail"]
+    with shell.lock:
+        verdict, actions = arrive(shell.relay, two)  # the payer tries again
+        assert isinstance(verdict, hold.Hold)
+        shell.pending[two.key] = second
     assert second.results == []  # still waiting: its own record answers it
     with shell.lock:
         shell.relay.route_found(PAYMENT_HASH, direct_route(record()))
         done = shell.relay.attempt_succeeded(PAYMENT_HASH, PREIMAGE)
     shell.run([a for a in done if not isinstance(a, hold.Persist)])
     assert second.results == [{"result": "resolve", "payment_key": PREIMAGE}]
+    assert [r["result"] for r in first.results] == ["fail"]
 
 
 def test_an_unanswered_failed_record_is_not_replaced():

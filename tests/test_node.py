@@ -5,7 +5,8 @@ import typing
 from dataclasses import replace
 
 import pytest
-from factories import PAYER, PAYMENT_HASH, PREIMAGE, direct_route, incoming, payload, record
+from factories import (PAYER, PAYMENT_HASH, PREIMAGE, channel, direct_route, incoming, payload,
+                       record)
 
 from asyncln import hold, messages
 from asyncln.node import QUEUED_PER_PEER, Node
@@ -30,7 +31,7 @@ class RecordingRpc:
         return {"getinfo": {"id": PAYER, "blockheight": 1000},
                 "listdatastore": {"datastore": []},
                 "listsendpays": {"payments": []},
-                "listpeerchannels": {"channels": []},
+                "listpeerchannels": {"channels": [channel()]},
                 "getroutes": {"routes": []}}.get(method, {})
 
 

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, node_id, payload, record, signmessage
+from factories import OTHER, PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, node_id, payload, record, signmessage
 from plugin_harness import PluginProcess, RpcFailure, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import code as codes
@@ -600,3 +600,80 @@ def test_a_paid_invoice_with_a_bad_parameter_is_still_invalid_params(node):
         error = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched", **bad})["error"]
         assert error["code"] == -32602, (bad, error)
     assert len(rpc.called("sendonion")) == 1
+
+
+# --- issue 11: replays first; an internal error never fails an HTLC that has a record ---------
+
+BROKEN_PEEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plugins", "broken_peel.py")
+
+
+def test_a_replay_with_an_attempt_in_flight_survives_a_peel_that_raises(tmp_path):
+    """S sent A's payment on to B, restarted, and its onion code now raises (cryptography 51):
+    the replayed HTLC is answered from its record, never failed while the attempt may succeed."""
+    rpc = ScriptedRpc(str(tmp_path))
+    parts = []
+    rpc.handlers.update({
+        "listpeerchannels": lambda p: {"channels": [] if "id" in p else [{
+            "channel_id": "cc" * 32, "short_channel_id": "103x1x0", "alias": {"local": "1x0x0"},
+            "htlcs": [{"direction": "out", "payment_hash": PAYMENT_HASH}] if parts else []}]},
+        "getroutes": lambda p: {"routes": [{"path": [{
+            "node_id_out": p["destination"], "short_channel_id_dir": "105x1x0/0",
+            "amount_out_msat": p["amount_msat"], "cltv_out": p["final_cltv"]}]}]},
+        "sendpay": lambda p: parts.append(p) or {"status": "pending"},
+        "listsendpays": lambda p: {"payments": [{"partid": q["partid"], "groupid": q["groupid"],
+                                                 "status": "pending"} for q in parts]},
+    })
+    first = PluginProcess(directory=str(tmp_path))
+    first.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
+    params = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER)
+    assert first.answered(first.send("htlc_accepted", params)) is None
+    wait_for(lambda: json.loads(rpc.datastore.get(("asyncln", "held", PAYMENT_HASH), "{}"))
+             .get("state") == "forwarding")
+    first.close()  # kill -9 with the attempt in flight
+
+    second = PluginProcess(BROKEN_PEEL, directory=str(tmp_path))
+    try:
+        second.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
+        hook = second.send("htlc_accepted", params)  # lightningd's replay
+        assert second.answered(hook, wait=1.0) is None
+        second.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1001}})
+        assert second.answered(hook, wait=1.0) is None  # reconcile keeps it held too
+        second.notify("sendpay_success", {"sendpay_success": {
+            "payment_hash": PAYMENT_HASH, "payment_preimage": PREIMAGE}})
+        assert second.response(hook)["result"] == {"result": "resolve", "payment_key": PREIMAGE}
+        # A new HTLC, with no record, whose peeling raises is still failed.
+        other = htlc_params("ee" * 32, payload(record()).hex(), 110_000, 1500, htlc_id=1)
+        assert second.request("htlc_accepted", other)["result"]["result"] == "fail"
+    finally:
+        second.close()
+
+
+def test_two_htlcs_with_one_onion_each_get_their_own_answer(node):
+    """The issue's attack: a payer reuses one onion (one shared secret) for a second HTLC
+    while the first's fail-back is decided but not yet delivered. Each HTLC is answered
+    once, with its own answer."""
+    plugin, rpc = started(node)
+    rpc.handlers["listpeerchannels"] = lambda p: {"channels": [] if "id" in p else [{
+        "channel_id": "cc" * 32, "short_channel_id": "103x1x0", "alias": {"local": "1x0x0"}}]}
+    one = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER)
+    first = plugin.send("htlc_accepted", one)
+    assert plugin.answered(first) is None
+    wait_for(lambda: ("asyncln", "held", PAYMENT_HASH) in rpc.datastore)
+    release, writing = threading.Event(), threading.Event()
+    store = rpc.handlers["datastore"]
+
+    def slow_datastore(params):  # the worker writes the failed record before it answers
+        writing.set()
+        release.wait(20)
+        return store(params)
+    rpc.handlers["datastore"] = slow_datastore
+    cancel = plugin.send("asyncln-cancel", {"payment_hash": PAYMENT_HASH})
+    wait_for(writing.is_set)  # the fail-back is decided, not yet delivered
+    second = plugin.send("htlc_accepted", dict(one, htlc=dict(one["htlc"], id=1)))
+    try:
+        assert plugin.response(second, timeout=5)["result"]["result"] == "fail"
+    finally:
+        release.set()
+    assert plugin.response(first)["result"] == {"result": "fail", "failure_message": "2019"}
+    assert plugin.response(cancel)["result"]["state"] == "failed"
+    assert plugin.answered(second) is None and plugin.answered(first) is None  # once each

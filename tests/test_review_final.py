@@ -31,7 +31,8 @@ def test_a_stale_unknown_verdict_never_fails_a_later_htlc_for_another_next_holde
     relay = hold.Relay(POLICY, 1000)
     relay.admit(PAYMENT_HASH, incoming(), to_holder(R1), 0, 110_000, 1500)
     assert PAYMENT_HASH in relay.searching          # the FindRoute for R1 is out
-    relay.cancel(PAYMENT_HASH)                      # operator (RPC thread) while it runs
+    for answer in relay.cancel(PAYMENT_HASH)[-1:]:  # operator (RPC thread) while it runs
+        relay.answered(PAYMENT_HASH, answer.htlc)   # and lightningd got the fail
     # The payer tries again with the same hash, this time through another next holder.
     verdict, actions = relay.admit(PAYMENT_HASH, incoming(htlc_id=1, secret="44" * 32),
                                    to_holder(R2), 0, 110_000, 1500)

@@ -6,7 +6,8 @@ Each test showed one problem (a strict xfail until it was fixed) and now guards 
 import json
 
 import pytest
-from factories import PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, incoming, node_id, payload, record
+from factories import (PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, Request, incoming, node_id,
+                       payload, record)
 from test_node import RecordingRpc, forwarding, node
 
 from asyncln import chain, failures, hold, onion, payer
@@ -23,16 +24,6 @@ R_SECRET = "55" * 32
 POLICY = Policy()
 HOLD = 10
 ARRIVAL = 1000
-
-
-class Request:
-    """The htlc_accepted request lightningd waits on."""
-
-    def __init__(self):
-        self.result = None
-
-    def set_result(self, result):
-        self.result = result
 
 
 def legs():

@@ -987,14 +987,13 @@ def holding(net, forwarding=False):
     htlc = {"short_channel_id": inc.channel, "id": inc.htlc_id, "amount_msat": inc.amount_msat,
             "cltv_expiry": inc.cltv_expiry, "payment_hash": PAYMENT_HASH}
     s.htlc_accepted(onion, htlc, PAYER, request)
+    net.run(C)
+    assert s.relay.held[PAYMENT_HASH].state == HoldState.HELD
     if forwarding:
-        with s.lock:  # the first search finds a route; its SendPay is left unrun
-            s._jobs.clear()
+        with s.lock:  # the next search finds a route; its SendPay is left unrun
+            s.relay.poll(PAYMENT_HASH)
             s.relay.route_found(PAYMENT_HASH, direct_route(record()))
         assert s.relay.held[PAYMENT_HASH].state == HoldState.FORWARDING
-    else:
-        net.run(C)
-        assert s.relay.held[PAYMENT_HASH].state == HoldState.HELD
     assert request.results == []
     net.heard[PAYER].clear()
     return s, request
