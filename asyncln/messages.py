@@ -36,6 +36,7 @@ NOTE = 44717
 NOTE_ACK = 44719
 CANCEL_REQUEST = 44721
 CANCEL_ANSWER = 44723
+NOTE_ANSWER = 44725
 
 VERSION = 1
 _VERSION = 0
@@ -45,6 +46,7 @@ MAX_DEPOSIT_BATCH = 32
 MAX_BOLT11_CHARS = 2048
 MAX_REASON_BYTES = 200
 MAX_OFFER_BYTES = 600      # a private offer: hash, expiry, CLTV, signature and a 366-byte tail
+MAX_DER_BYTES = 72         # an ECDSA signature, DER encoded
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,9 @@ class Deposit:
     # the payee key payers will name: for payers who must not learn B's node id.
     offers: Tuple[str, ...] = ()
     payee_key: Optional[str] = None
+    # The payee key's signature over payee.owner_statement(depositor, Rod), hex DER:
+    # without it the Rod does not file the payee key.
+    payee_key_sig: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,20 @@ class InvoiceResponse:
 class Note:
     """An end-to-end-encrypted note for B (note.seal), kept by the Rod until B acknowledges it."""
 
-    recipient: str
+    recipient: str             # B's node id, or its payee key when ``private``
     payment_hash: str
     sealed: str                # hex
+    private: bool = False
+
+
+@dataclass(frozen=True)
+class NoteAnswer:
+    """The Rod's answer to a payer's Note: whether it stored the note for the recipient."""
+
+    payment_hash: str
+    stored: bool
+    reason: str = ""
+    error_code: Optional[int] = None  # why not, as an asyncln error code (asyncln/errors.py)
 
 
 @dataclass(frozen=True)
@@ -150,7 +166,7 @@ class CancelAnswer:
 
 # An INFO message carries the sender's whole Policy.
 Message = Union[QueryInfo, Policy, PaymentStatus, Online, Deposit, PoolStatus, InvoiceRequest,
-                InvoiceResponse, Note, NoteAck, CancelRequest, CancelAnswer]
+                InvoiceResponse, Note, NoteAck, CancelRequest, CancelAnswer, NoteAnswer]
 
 
 @dataclass(frozen=True)
@@ -271,6 +287,11 @@ def _unpack_flag(raw: bytes) -> bool:
     return True
 
 
+def _key_with_sig(values: Dict[str, Any]) -> None:
+    if values["payee_key_sig"] is not None and values["payee_key"] is None:
+        raise DecodeError("deposit has a payee key signature without a payee key")
+
+
 def _one_outcome(values: Dict[str, Any]) -> None:
     """The payer acts on exactly one of them: an answer with both or neither is ambiguous."""
     if [values["bolt11"], values["error_code"], values["offer"]].count(None) != 2:
@@ -318,7 +339,9 @@ _SPECS = {spec.msg_type: spec for spec in (
         # Odd: a Rod that ignores them still serves the invoices.
         _Field(3, "offers", _list(_hex(1, MAX_OFFER_BYTES), MAX_DEPOSIT_BATCH), ()),
         _Field(5, "payee_key", _POINT, None),
-    )),
+        # Odd, as 5: a Rod that ignores it files no payee key from a depositor it cannot check.
+        _Field(7, "payee_key_sig", _hex(8, MAX_DER_BYTES), None),
+    ), _key_with_sig),
     _Spec(POOL_STATUS, PoolStatus, (
         _Field(1, "refused", _list(_REASON, MAX_DEPOSIT_BATCH), ()),
         _Field(2, "level", _TU64),
@@ -344,6 +367,9 @@ _SPECS = {spec.msg_type: spec for spec in (
         _Field(2, "recipient", _POINT),
         _Field(4, "payment_hash", _HASH),
         _Field(6, "sealed", _hex(1, MAX_SEALED_BYTES)),
+        # Odd: a Rod that does not know it looks the payee key up as a node id, finds no
+        # pool, and stores nothing.
+        _Field(7, "private", _FLAG, False),
     )),
     _Spec(NOTE_ACK, NoteAck, (_Field(2, "payment_hash", _HASH),)),
     _Spec(CANCEL_REQUEST, CancelRequest, (_Field(2, "payment_hash", _HASH),)),
@@ -352,6 +378,12 @@ _SPECS = {spec.msg_type: spec for spec in (
         _Field(2, "payment_hash", _HASH),
         _Field(4, "accepted", _code({0: False, 1: True})),
         # Odd: the reason says the same in words.
+        _Field(5, "error_code", _tu(2), None),
+    )),
+    _Spec(NOTE_ANSWER, NoteAnswer, (
+        _Field(1, "reason", _REASON, ""),
+        _Field(2, "payment_hash", _HASH),
+        _Field(4, "stored", _code({0: False, 1: True})),
         _Field(5, "error_code", _tu(2), None),
     )),
 )}

@@ -780,7 +780,7 @@ class Node:
                     self.log(f"ignoring status for {msg.payment_hash} from {peer}", level="info")
             case (messages.Deposit() | messages.PoolStatus() | messages.InvoiceRequest()
                   | messages.InvoiceResponse() | messages.Note() | messages.NoteAck()
-                  | messages.CancelRequest() | messages.CancelAnswer()):
+                  | messages.CancelRequest() | messages.CancelAnswer() | messages.NoteAnswer()):
                 self.rods.on_message(peer, msg)
             case _:
                 assert_never(msg)

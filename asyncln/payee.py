@@ -27,6 +27,7 @@ from .wire import DecodeError
 PAYEE_KEY_LABEL = "asyncln-payee-key"
 MAX_FINAL_CLTV = 144  # a day: more than any recipient needs (lightningd's default is 18)
 _STATEMENT = "asyncln-private-offer:"
+_OWNER = "asyncln-payee-key-owner:"
 
 
 def sign(makesecret_hex: str, message: bytes) -> str:
@@ -44,6 +45,15 @@ def verify(payee_key: str, signature_hex: str, message: bytes) -> bool:
 def statement(payment_hash: str, expires_at: int, rod: str) -> bytes:
     """What the payee key signs for each private offer: the proof of payment's other half."""
     return f"{_STATEMENT}{payment_hash}:{expires_at}:{rod}".encode()
+
+
+def owner_statement(depositor: str, rod: str) -> bytes:
+    """What the payee key signs in a deposit: this node keeps my pool at that Rod.
+
+    Its own tag, so no offer statement (or anything else the key signs) can
+    pass for it. The Rod checks it against the BOLT 8 sender of the deposit.
+    """
+    return f"{_OWNER}{depositor}:{rod}".encode()
 
 
 @dataclass(frozen=True)

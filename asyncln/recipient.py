@@ -47,16 +47,51 @@ def parse_rods(text: str) -> Tuple[Rod, ...]:
     return tuple(rods.values())
 
 
-def invoices_needed(target: int, status: PoolStatus, batch: int) -> int:
+@dataclass(frozen=True)
+class MintBudget:
+    """How many invoices B minted for one Rod's top-ups in the window starting at ``start``.
+
+    B's own count, persisted: the Rod's reported level only ever lowers what
+    B mints, so a Rod that lies about it cannot make B mint more than
+    ``asyncln-rod-pool`` invoices per ``asyncln-poll-blocks`` blocks.
+    """
+
+    start: int = 0    # block height the window began
+    count: int = 0
+
+    def allowance(self, height: int, pool: int, every: int) -> int:
+        """How many more B may mint at ``height``."""
+        return pool if self.is_over(height, every) else max(0, pool - self.count)
+
+    def minted(self, height: int, count: int, every: int) -> "MintBudget":
+        """After minting ``count`` more at ``height``: a window that is over starts again."""
+        if self.is_over(height, every):
+            return MintBudget(height, count)
+        return MintBudget(self.start, self.count + count)
+
+    def is_over(self, height: int, every: int) -> bool:
+        return height >= self.start + max(1, every)
+
+    def to_json(self) -> dict:
+        return {"start": self.start, "count": self.count}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MintBudget":
+        return cls(int(data["start"]), int(data["count"]))
+
+
+def invoices_needed(target: int, status: PoolStatus, batch: int, allowance: int) -> int:
     """How many invoices to deposit after the Rod's ``pool_status``.
 
-    Never more than the Rod holds. Any refusal stops the top-up until the
-    next connection, so a Rod that refuses everything is not flooded.
+    Never more than the Rod holds, nor than B's own ``allowance``
+    (:class:`MintBudget`): the level is the Rod's word. Any refusal stops
+    the top-up until the next connection, so a Rod that refuses everything
+    is not flooded.
     """
     if status.refused:
         return 0
     wanted = min(target, status.max_invoices) - status.level
-    return max(0, min(batch, wanted))
+    return max(0, min(batch, wanted, allowance))
 
 
 def wants_query(status: Optional[PoolStatus], asked_at: Optional[int], height: int,

@@ -14,12 +14,19 @@ tests/test_rod.py:
   persisted) until its invoice expires, and a deposit of a hash in the pool
   or already served is refused. Once the invoice has expired B's lightningd
   refuses payments for it, and a deposit of it is refused as expired;
-* nothing is served that expires within ``SERVE_MARGIN_SECONDS``;
-* a pool never exceeds ``max_invoices`` or ``max_bytes``, and only an
-  allowed depositor adds to one;
+* nothing is served that expires within ``SERVE_MARGIN_SECONDS``, and
+  nothing is kept that expires later than ``max_expiry_seconds``;
+* a pool never exceeds ``max_invoices`` or ``max_bytes`` (served hashes
+  included, so a pool cannot grow by being fetched), and only an allowed
+  depositor adds to one;
+* a pool belongs to the node that deposited it (BOLT 8 authenticates the
+  custom message's sender); a payee key is filed with it only under that
+  key's signature over (depositor, Rod). Public requests name node ids,
+  private ones payee keys: the two are never looked up in each other's place;
 * a refused call changes no pool;
 * each requester's invoice requests pass a token bucket;
-* a note is kept only for a hash served to its sender, for that recipient.
+* a note is kept only for a hash served to its sender, for a recipient that
+  has a pool.
 """
 
 import math
@@ -29,6 +36,7 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union, assert_never
 
+from . import payee
 from .code import deposit_description
 from .errors import AsynclnError, Code
 from .lightningd import msat
@@ -39,14 +47,22 @@ SERVE_MARGIN_SECONDS = 600
 # BOLT 11's expiry when the invoice sets none.
 DEFAULT_EXPIRY_SECONDS = 3600
 HOUR = 3600
+DAY = 24 * HOUR
+# What one entry of a pool's datastore record (asyncln/store.py's JSON) takes
+# besides its invoice and offer strings, at most: a served hash's entry is
+# 190 characters with a 20-digit expiry, an invoice's 186. RECORD_BYTES is
+# the rest of the record (its keys and the payee key), notes aside.
+ENTRY_BYTES = 200
+RECORD_BYTES = 150
 
 # Option name -> (RodLimits field, least allowed value), as policy.OPTIONS.
 # The least min-expiry is the serving margin: a shorter one admits invoices
 # that could never be served.
 OPTIONS = {
     "asyncln-rod-max-invoices": ("max_invoices", 1),
-    "asyncln-rod-max-bytes": ("max_bytes", 1),
+    "asyncln-rod-max-bytes": ("max_bytes", RECORD_BYTES),
     "asyncln-rod-min-expiry": ("min_expiry_seconds", SERVE_MARGIN_SECONDS),
+    "asyncln-rod-max-expiry": ("max_expiry_seconds", SERVE_MARGIN_SECONDS),
     "asyncln-rod-fetches-per-hour": ("fetches_per_hour", 1),
     "asyncln-rod-max-notes": ("max_notes", 0),
 }
@@ -60,8 +76,9 @@ _HEX32 = re.compile(r"[0-9a-f]{64}")
 @dataclass(frozen=True)
 class RodLimits:
     max_invoices: int = 50            # per depositor
-    max_bytes: int = 50_000           # per depositor: sum of len(bolt11)
-    min_expiry_seconds: int = 86_400  # a deposited invoice must stay valid at least this long
+    max_bytes: int = 50_000           # per depositor: Pool.size_bytes, its record's size
+    min_expiry_seconds: int = DAY     # a deposited invoice must stay valid at least this long
+    max_expiry_seconds: int = 14 * DAY  # and at most this long: a served hash is kept as long
     fetches_per_hour: int = 10        # invoice requests per requester, refilled continuously
     max_notes: int = 20               # notes waiting per recipient
     max_note_bytes: int = 561         # sealed note size cap: note.MAX_SEALED_BYTES; not an option
@@ -73,7 +90,10 @@ class RodLimits:
         values = int_options(options, OPTIONS)
         if DEPOSITORS_OPTION in options:
             values["depositors"] = _depositors(options[DEPOSITORS_OPTION])
-        return cls(**values)
+        limits = cls(**values)
+        if limits.max_expiry_seconds < limits.min_expiry_seconds:
+            raise ValueError("asyncln-rod-max-expiry must be at least asyncln-rod-min-expiry")
+        return limits
 
     def allows(self, depositor: str, is_channel_peer: bool) -> bool:
         """Whether ``depositors`` lets this node keep a pool here."""
@@ -141,7 +161,13 @@ class Pool:
 
     @property
     def size_bytes(self) -> int:
-        return sum(len(invoice.bolt11) for invoice in self.invoices)
+        """A bound on the record's size, notes aside (``max_notes`` caps them).
+
+        A served hash costs ENTRY_BYTES until its invoice expires, and an
+        invoice never less: serving one never grows the pool.
+        """
+        return (RECORD_BYTES + sum(map(invoice_bytes, self.invoices))
+                + ENTRY_BYTES * len(self.served))
 
     def fresh(self, now: float) -> "Pool":
         """Without expired invoices, and served hashes whose invoice expired.
@@ -162,6 +188,10 @@ class Pool:
         return cls(tuple(Deposited(**invoice) for invoice in data["invoices"]),
                    {h: Served(**served) for h, served in data["served"].items()},
                    data["notes"], data.get("payee_key"))
+
+
+def invoice_bytes(invoice: Deposited) -> int:
+    return len(invoice.bolt11) + len(invoice.offer or "") + ENTRY_BYTES
 
 
 @dataclass(frozen=True)
@@ -202,7 +232,7 @@ def check_invoice(depositor: str, decoded: dict, bolt11: str, now: int,
                        "so that payers know the invoice was deposited here")
     amount = _amount(decoded, prefix)
     expires_at = _expires_at(decoded, prefix)
-    problem = _too_soon(expires_at, now, limits)
+    problem = _expiry_problem(expires_at, now, limits)
     if problem:
         raise _refused(f"{prefix}: {problem}")
     return Deposited(payment_hash, bolt11, amount, expires_at)
@@ -236,12 +266,19 @@ def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _too_soon(expires_at: int, now: float, limits: RodLimits) -> Optional[str]:
-    """Why an invoice expiring at ``expires_at`` may not be deposited now, if it may not."""
+def _expiry_problem(expires_at: int, now: float, limits: RodLimits) -> Optional[str]:
+    """Why an invoice expiring at ``expires_at`` may not be deposited now, if it may not.
+
+    The upper bound keeps a served hash, which the Rod remembers until the
+    invoice expires, from outliving the depositor's interest in it.
+    """
     needed = max(limits.min_expiry_seconds, SERVE_MARGIN_SECONDS)
     if expires_at - now < needed:
         return (f"expires in {expires_at - now}s; the Rod keeps invoices valid for at "
                 f"least {needed}s (asyncln-rod-min-expiry)")
+    if expires_at - now > limits.max_expiry_seconds:
+        return (f"expires in {expires_at - now}s; the Rod keeps invoices valid for at "
+                f"most {limits.max_expiry_seconds}s (asyncln-rod-max-expiry)")
     return None
 
 
@@ -312,7 +349,7 @@ class Rod:
                         continue
                     kept.append(item)
                     taken.add(item.payment_hash)
-                    size += len(item.bolt11)
+                    size += invoice_bytes(item)
                 case _:
                     assert_never(item)
         self._store(depositor, replace(pool, invoices=tuple(kept)))
@@ -323,12 +360,12 @@ class Rod:
         limits = self.limits
         if item.payment_hash in taken:
             return "this payment hash is already in the pool or was already served"
-        too_soon = _too_soon(item.expires_at, now, limits)
-        if too_soon:
-            return too_soon
+        expiry = _expiry_problem(item.expires_at, now, limits)
+        if expiry:
+            return expiry
         if count + 1 > limits.max_invoices:
             return f"the pool is full (asyncln-rod-max-invoices={limits.max_invoices})"
-        if size + len(item.bolt11) > limits.max_bytes:
+        if size + invoice_bytes(item) > limits.max_bytes:
             return f"the pool would exceed asyncln-rod-max-bytes={limits.max_bytes}"
         return None
 
@@ -345,16 +382,16 @@ class Rod:
         longer. The invoice leaves the pool and its hash is remembered with
         its requester, who alone may leave a note for it. A ``private``
         request names the recipient by its payee key and gets an invoice that
-        has a private offer (the shell answers with the offer, not the invoice).
+        has a private offer (the shell answers with the offer, not the invoice);
+        it is looked up by payee key only, a public one by node id only, so
+        that a private payer cannot learn which node is behind a payee key.
         """
         self._take_token(requester, now)
         if isinstance(amount_msat, bool) or not isinstance(amount_msat, int) or amount_msat < 1:
             raise AsynclnError(f"amount_msat must be a positive integer, not {amount_msat!r}",
                                Code.BAD_PARAMETER)
-        if private:
-            recipient = next((d for d, p in self._pools.items() if p.payee_key == recipient),
-                             recipient)
-        pool = self._pools.get(recipient)
+        recipient = self.depositor_of(recipient, private)
+        pool = self._pools.get(recipient) if recipient else None
         if pool is None:
             raise AsynclnError("this Rod keeps no invoices for that recipient",
                                Code.UNKNOWN_RECIPIENT)
@@ -385,14 +422,21 @@ class Rod:
 
     # --- notes ------------------------------------------------------------
 
-    def store_note(self, sender: str, recipient: str, payment_hash: str, sealed: bytes) -> None:
+    def store_note(self, sender: str, recipient: str, payment_hash: str, sealed: bytes,
+                   private: bool = False) -> str:
         """Keep a sealed note for the recipient, about an invoice served to ``sender``.
 
-        Only the payer who got the invoice may attach a note to it, one note
-        per invoice: others cannot fill B's mailbox or speak for that payment.
+        The recipient is named as in :meth:`fetch` (a payee key when
+        ``private``) and must have a pool here. Only the payer who got the
+        invoice may attach a note to it, one note per invoice: others cannot
+        fill B's mailbox or speak for that payment. Returns the depositor the
+        note is filed under, to whom it goes.
         """
         limits = self.limits
-        pool = self._pools.get(recipient, Pool())
+        depositor = self.depositor_of(recipient, private)
+        if depositor is None:
+            raise AsynclnError("this Rod keeps no pool for that recipient", Code.NOTE_REFUSED)
+        pool = self._pools[depositor]
         served = pool.served.get(payment_hash)
         if served is None or served.requester != sender:
             raise AsynclnError("no invoice with this payment hash was served to you for that "
@@ -405,7 +449,8 @@ class Rod:
         if len(pool.notes) >= limits.max_notes:
             raise AsynclnError(f"{limits.max_notes} notes already wait for that recipient",
                                Code.NOTE_REFUSED)
-        self._store(recipient, replace(pool, notes={**pool.notes, payment_hash: sealed.hex()}))
+        self._store(depositor, replace(pool, notes={**pool.notes, payment_hash: sealed.hex()}))
+        return depositor
 
     def notes_for(self, recipient: str) -> List[Tuple[str, bytes]]:
         """(payment_hash, sealed) of every note waiting for the recipient, oldest first."""
@@ -444,14 +489,35 @@ class Rod:
     def level(self, depositor: str) -> int:
         return len(self.pool(depositor).invoices)
 
-    def set_payee_key(self, depositor: str, payee_key: str) -> None:
-        """The depositor's private-code key; an empty pool is not created for it."""
-        pool = self._pools.get(depositor)
-        if pool is not None and payee_key not in (p.payee_key for p in self._pools.values()):
-            self._store(depositor, replace(pool, payee_key=payee_key))
+    def claim_payee_key(self, depositor: str, payee_key: str, signature: Optional[str],
+                        rod_id: str) -> Tuple[Optional[str], Tuple[str, ...]]:
+        """File the depositor's private-code key with its pool.
 
-    def recipient_of(self, payee_key: str) -> Optional[str]:
-        return next((d for d, p in self._pools.items() if p.payee_key == payee_key), None)
+        Only under the key's own signature over (depositor, this Rod), which
+        nobody but the key's holder can make for their node: a payee key
+        copied from B's code is worth nothing to another depositor. A proven
+        key is taken from any other pool that has it (filed without proof by
+        an older version). An empty pool is not created for it. Returns why
+        the key was refused, if it was, and the depositors whose pool changed.
+        """
+        if signature is None:
+            return "the payee key comes without its signature (deposit field 7): not filed", ()
+        if not payee.verify(payee_key, signature, payee.owner_statement(depositor, rod_id)):
+            return "the payee key's signature does not name you and this Rod: not filed", ()
+        pool = self._pools.get(depositor)
+        if pool is None or pool.payee_key == payee_key:
+            return None, ()
+        others = [d for d, p in self._pools.items() if p.payee_key == payee_key]
+        for other in others:
+            self._store(other, replace(self._pools[other], payee_key=None))
+        self._store(depositor, replace(pool, payee_key=payee_key))
+        return None, tuple(others) + (depositor,)
+
+    def depositor_of(self, recipient: str, private: bool = False) -> Optional[str]:
+        """Who keeps a pool here under that name: by payee key if ``private``, else by node id."""
+        if private:
+            return next((d for d, p in self._pools.items() if p.payee_key == recipient), None)
+        return recipient if recipient in self._pools else None
 
     def depositors(self) -> List[str]:
         return sorted(self._pools)

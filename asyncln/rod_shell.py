@@ -26,6 +26,7 @@ from .wire import DecodeError
 
 ANSWER_SECONDS = 30   # longest wait for a Rod's or trampoline's answer
 FETCH_SECONDS = 60    # longest a whole fetch may take, whatever the code lists
+NOTE_SECONDS = 10     # longest wait for a Rod's note_answer: the invoice is already fetched
 MAX_RODS_TRIED = 3
 MAX_ADDRESSES_TRIED = 4
 # A Rod's answer that another Rod in the code may not give.
@@ -33,6 +34,7 @@ NEXT_ROD_HELPS = (Code.NO_ANSWER, Code.POOL_EMPTY, Code.UNKNOWN_RECIPIENT)
 LIVE_CHANNEL = ("CHANNELD_AWAITING_LOCKIN", "DUALOPEND_AWAITING_LOCKIN", "CHANNELD_NORMAL",
                 "CHANNELD_AWAITING_SPLICE")
 INVOICE_LABEL = "asyncln-rod-"
+MINTED = "minted"     # datastore kind: B's recipient.MintBudget per Rod
 
 
 class RodShell:
@@ -62,7 +64,7 @@ class RodShell:
                 self.node.submit_once((peer, "invoice"), lambda: self.serve(peer, msg))
             case messages.InvoiceResponse():
                 self._answered(("invoice", msg.request_id), peer, msg)
-            case messages.Note() if msg.recipient == self.node.node_id:
+            case messages.Note() if msg.recipient == self.node.node_id and not msg.private:
                 if peer in self.my_rods:
                     self.node.submit(lambda: self.receive_note(peer, msg))  # bounded by R's cap
             case messages.Note():
@@ -77,6 +79,8 @@ class RodShell:
                                       lambda: self.node.payer_cancelled(peer, msg.payment_hash))
             case messages.CancelAnswer():
                 self._answered(("cancel", msg.payment_hash), peer, msg)
+            case messages.NoteAnswer():
+                self._answered(("note", msg.payment_hash), peer, msg)
 
     def peer_connected(self, peer: str) -> None:
         """Worker: a depositor gets its notes; one of my Rods is asked for its pool level."""
@@ -106,6 +110,7 @@ class RodShell:
     # --- R: the Rod --------------------------------------------------------------
 
     def take_deposit(self, depositor: str, msg: messages.Deposit) -> None:
+        """``depositor`` is the custommsg hook's peer_id, which BOLT 8 authenticates."""
         is_peer = any(c.get("state") in LIVE_CHANNEL for c in self.node.rpc.call(
             "listpeerchannels", {"id": depositor})["channels"])
         limits = self.rod.limits
@@ -132,25 +137,28 @@ class RodShell:
                 items.append(str(e))
         with self.node.lock:
             result = self.rod.deposit(depositor, is_peer, items, now)
-            if msg.payee_key:
-                self.rod.set_payee_key(depositor, msg.payee_key)
-            pool = self.rod.pool(depositor)
-        if result.accepted:
-            self.save_pool(depositor, pool)
-        if result.refused:
-            self.node.log(f"deposit from {depositor}: refused {list(result.refused)}", level="info")
+            key_problem, changed = (self.rod.claim_payee_key(
+                depositor, msg.payee_key, msg.payee_key_sig, self.node.node_id)
+                if msg.payee_key else (None, ()))
+            changed = set(changed) | ({depositor} if result.accepted else set())
+            pools = {d: self.rod.pool(d) for d in changed}
+        refused = ((key_problem,) if key_problem else ()) + result.refused  # first: never clipped
+        for changed_depositor, pool in sorted(pools.items()):
+            self.save_pool(changed_depositor, pool)
+        if refused:
+            self.node.log(f"deposit from {depositor}: refused {list(refused)}", level="info")
         self.node.send(depositor, messages.PoolStatus(result.level, result.accepted,
                                                       limits.max_invoices,
-                                                      limits.min_expiry_seconds, result.refused))
+                                                      limits.min_expiry_seconds,
+                                                      refused[:messages.MAX_DEPOSIT_BATCH]))
 
     def serve(self, requester: str, request: messages.InvoiceRequest) -> None:
         """Hand out one invoice at most once: it leaves the pool on disk before it is sent."""
         try:
             with self.node.lock:
-                depositor = (self.rod.recipient_of(request.recipient) if request.private
-                             else None) or request.recipient
-                invoice = self.rod.fetch(requester, depositor, request.amount_msat,
+                invoice = self.rod.fetch(requester, request.recipient, request.amount_msat,
                                          time.time(), request.private)
+                depositor = self.rod.depositor_of(request.recipient, request.private)
                 pool = self.rod.pool(depositor)
         except AsynclnError as e:
             self.node.log(f"invoice request from {requester} for {request.recipient}: {e}",
@@ -167,20 +175,21 @@ class RodShell:
         self.node.send(requester, answer)
 
     def keep_note(self, sender: str, msg: messages.Note) -> None:
-        with self.node.lock:  # a private payer names the recipient by its payee key
-            recipient = self.rod.recipient_of(msg.recipient) or msg.recipient
-        msg = replace(msg, recipient=recipient)
+        """Store a payer's note, then tell the payer whether it was stored (``note_answer``)."""
         try:
             with self.node.lock:
-                self.rod.store_note(sender, msg.recipient, msg.payment_hash,
-                                    bytes.fromhex(msg.sealed))
-                pool = self.rod.pool(msg.recipient)
+                depositor = self.rod.store_note(sender, msg.recipient, msg.payment_hash,
+                                                bytes.fromhex(msg.sealed), msg.private)
+                pool = self.rod.pool(depositor)
         except AsynclnError as e:
             self.node.log(f"refusing a note from {sender}: {e}", level="info")
+            self.node.send(sender, messages.NoteAnswer(msg.payment_hash, False, str(e),
+                                                       int(e.code)))
             return
-        self.save_pool(msg.recipient, pool)
-        if msg.recipient in self.node.connected_peers():
-            self.deliver_notes(msg.recipient)
+        self.save_pool(depositor, pool)
+        self.node.send(sender, messages.NoteAnswer(msg.payment_hash, True))
+        if depositor in self.node.connected_peers():
+            self.deliver_notes(depositor)
 
     def deliver_notes(self, depositor: str) -> None:
         with self.node.lock:
@@ -221,9 +230,21 @@ class RodShell:
         if status.refused:
             self.node.log(f"Rod {my_rod} refused {len(status.refused)} invoices: "
                           f"{list(status.refused)[:3]}", level="warn")
-        count = recipient.invoices_needed(self.config.pool, status, messages.MAX_DEPOSIT_BATCH)
-        if count:
+        height, every = self.node.relay.height, self.node.relay.policy.poll_blocks
+        budget = self._budget(my_rod)
+        count = recipient.invoices_needed(self.config.pool, status, messages.MAX_DEPOSIT_BATCH,
+                                          budget.allowance(height, self.config.pool, every))
+        if count:  # counted before minting: a crash in between only mints less
+            self.node.store.put(MINTED, my_rod, budget.minted(height, count, every).to_json())
             self.deposit(my_rod, None, count)
+        elif status.level < min(self.config.pool, status.max_invoices) and not status.refused:
+            self.node.log(f"Rod {my_rod} reports {status.level} invoices, but I minted "
+                          f"{budget.count} for it since block {budget.start}: waiting for "
+                          "the next window (asyncln-poll-blocks)", level="info")
+
+    def _budget(self, my_rod: str) -> recipient.MintBudget:
+        saved = self.node.store.get(MINTED, my_rod)
+        return recipient.MintBudget() if saved is None else recipient.MintBudget.from_json(saved)
 
     def deposit(self, my_rod: str, amount_msat: Optional[int], count: int) -> int:
         """Make ``count`` invoices (amountless without ``amount_msat``) and send them to a Rod."""
@@ -233,14 +254,17 @@ class RodShell:
             "description": codes.deposit_description(my_rod),
             "expiry": self.config.invoice_expiry}) for _ in range(count)]
         invoices = tuple(m["bolt11"] for m in made)
-        offers, payee_key = (), None
+        offers, payee_key, payee_key_sig = (), None, None
         with self.node.lock:
             rod_key = getattr(self.node.terms.get(my_rod), "onion_key", None)
         if amount_msat is None and rod_key:  # amountless ones also serve private payers
             offers = tuple(self._offer(m, my_rod, rod_key).encode().hex() for m in made)
             payee_key = payee.public_key(self.payee_secret())
+            payee_key_sig = payee.sign(self.payee_secret(),
+                                       payee.owner_statement(self.node.node_id, my_rod))
         self.asking.add(my_rod)
-        if not self.node.send(my_rod, messages.Deposit(invoices, offers, payee_key)):
+        if not self.node.send(my_rod, messages.Deposit(invoices, offers, payee_key,
+                                                       payee_key_sig)):
             self.asking.discard(my_rod)
             raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
         self.node.log(f"deposited {count} invoices at Rod {my_rod}")
@@ -389,10 +413,20 @@ class RodShell:
             out.update(rod=my_rod.node_id, note_sent=False)
             if note_text is not None:
                 sealed = sealed_note(note_text, paycode.note_key, out["payment_hash"])
-                out["note_sent"] = self.node.send(my_rod.node_id, messages.Note(
-                    recipient, out["payment_hash"], sealed.hex()))
+                out.update(self._leave_note(my_rod.node_id, messages.Note(
+                    recipient, out["payment_hash"], sealed.hex(), paycode.payee_key is not None)))
             return out
         raise AsynclnError(f"no Rod could serve: {'; '.join(errors)}", last_code)
+
+    def _leave_note(self, my_rod: str, msg: messages.Note) -> dict:
+        """``note_sent`` true only when the Rod answers that it stored the note."""
+        try:
+            answer = self.ask(my_rod, ("note", msg.payment_hash), msg, NOTE_SECONDS)
+        except AsynclnError as e:
+            return {"note_sent": False, "note_error": str(e)}
+        if not answer.stored:
+            return {"note_sent": False, "note_error": f"the Rod refused the note: {answer.reason}"}
+        return {"note_sent": True}
 
     def verified(self, code_text: str) -> codes.PaymentCode:
         try:

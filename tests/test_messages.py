@@ -16,6 +16,7 @@ from asyncln.messages import (
     InvoiceResponse,
     Note,
     NoteAck,
+    NoteAnswer,
     PaymentStatus,
     PoolStatus,
 )
@@ -33,9 +34,10 @@ def raw(msg_type: int, fields: dict, version: bytes = b"\x01") -> str:
     return (msg_type.to_bytes(2, "big") + encode_tlv_stream({0: version, **fields})).hex()
 
 
-def test_message_types_are_twelve_odd_numbers_in_sequence():
-    assert messages.MESSAGE_TYPES == tuple(range(44701, 44724, 2))
-    assert (messages.DEPOSIT, messages.CANCEL_ANSWER) == (44709, 44723)
+def test_message_types_are_thirteen_odd_numbers_in_sequence():
+    assert messages.MESSAGE_TYPES == tuple(range(44701, 44726, 2))
+    assert (messages.DEPOSIT, messages.CANCEL_ANSWER, messages.NOTE_ANSWER) == (
+        44709, 44723, 44725)
 
 
 # Computed with the encoder before it became table-driven: peers running that
@@ -76,6 +78,11 @@ def bolt11s(max_size=messages.MAX_BOLT11_CHARS):
 MESSAGES = {
     "deposit": st.builds(Deposit, st.lists(bolt11s(600), max_size=messages.MAX_DEPOSIT_BATCH)
                          .map(tuple)),
+    "deposit_with_payee_key": st.builds(
+        Deposit, st.lists(bolt11s(300), max_size=4).map(tuple),
+        st.lists(st.binary(min_size=1, max_size=messages.MAX_OFFER_BYTES).map(bytes.hex),
+                 max_size=4).map(tuple), nodes,
+        st.none() | st.binary(min_size=8, max_size=messages.MAX_DER_BYTES).map(bytes.hex)),
     "pool_status": st.builds(PoolStatus, u64s, st.integers(0, messages.MAX_DEPOSIT_BATCH), u64s,
                              u64s, st.lists(reasons, max_size=messages.MAX_DEPOSIT_BATCH)
                              .map(tuple)),
@@ -84,7 +91,10 @@ MESSAGES = {
         st.builds(InvoiceResponse, request_ids, bolt11s(), st.none(), reasons),
         st.builds(InvoiceResponse, request_ids, st.none(), st.integers(0, 2**16 - 1), reasons)),
     "note": st.builds(Note, nodes, hashes,
-                      st.binary(min_size=1, max_size=messages.MAX_SEALED_BYTES).map(bytes.hex)),
+                      st.binary(min_size=1, max_size=messages.MAX_SEALED_BYTES).map(bytes.hex),
+                      st.booleans()),
+    "note_answer": st.builds(NoteAnswer, hashes, st.booleans(), reasons,
+                             st.none() | st.integers(0, 2**16 - 1)),
     "note_ack": st.builds(NoteAck, hashes),
     "cancel_request": st.builds(CancelRequest, hashes),
     "cancel_answer": st.builds(CancelAnswer, hashes, st.booleans(), reasons),
@@ -288,3 +298,37 @@ def test_encode_refuses_more_than_a_lightning_message_holds():
         messages.encode(Deposit(("l" * 2048,) * 31 + ("l" * 1943,)))
     with pytest.raises(ValueError, match="more than the 65535"):
         messages.encode(Deposit(("l" * 2048,) * 32))
+
+
+# --- issue 11, item 4: the wire of an authenticated Rod ------------------------------------
+
+def test_the_new_fields_are_odd_so_an_old_peer_ignores_them():
+    """An old Rod ignores a payee key's signature and a note's private flag (and files
+    nothing it cannot check); an old payer ignores note_answer, a type it does not know."""
+    sig = "30" * 8
+    deposit = bytes.fromhex(messages.encode(Deposit((BOLT11,), (), RECIPIENT, sig)))
+    assert decode_tlv_stream(deposit[2:], [0, 2])[7] == bytes.fromhex(sig)
+    note = bytes.fromhex(messages.encode(Note(RECIPIENT, PAYMENT_HASH, "ab", private=True)))
+    assert decode_tlv_stream(note[2:], [0, 2, 4, 6])[7] == b""
+    assert messages.NOTE_ANSWER % 2 == 1
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({2: b"", 7: b"\x30" * 8}, "payee key signature without a payee key"),
+    ({2: b"", 5: bytes.fromhex(RECIPIENT), 7: b"\x30" * 7}, "payee_key_sig must be 8 to 72"),
+    ({2: b"", 5: bytes.fromhex(RECIPIENT), 7: b"\x30" * 73}, "payee_key_sig must be 8 to 72"),
+])
+def test_a_deposit_with_a_bad_payee_key_signature_is_refused(fields, problem):
+    with pytest.raises(DecodeError, match=problem):
+        messages.decode(raw(messages.DEPOSIT, fields))
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({4: b"\x01"}, "lacks fields \\[2\\]"),
+    ({2: bytes.fromhex(PAYMENT_HASH)}, "lacks fields \\[4\\]"),
+    ({2: bytes.fromhex(PAYMENT_HASH), 4: b"\x02"}, "stored has an unknown code"),
+    ({2: bytes.fromhex(PAYMENT_HASH), 4: b"\x01", 1: b"\xc3"}, "reason is not UTF-8"),
+])
+def test_a_malformed_note_answer_is_refused(fields, problem):
+    with pytest.raises(DecodeError, match=problem):
+        messages.decode(raw(messages.NOTE_ANSWER, fields))

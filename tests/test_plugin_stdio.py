@@ -416,6 +416,9 @@ def test_pay_a_code_fetches_then_pays_while_hooks_keep_flowing(node):
     call = plugin.send("asyncln-pay", {"invstring": signed_code(), "amount_msat": 50_000,
                                        "note": "for order #7"})
     answer_invoice_request(plugin, rpc, "lnbcrt1fetched")
+    wait_for(lambda: sent(rpc, messages.Note))
+    stored = messages.NoteAnswer("cd" * 32, True)  # note_sent only once the Rod says so
+    plugin.request("custommsg", {"peer_id": ROD, "payload": messages.encode(stored)})
     result = plugin.response(call)["result"]
     assert result["status"] == "pending" and result["amount_msat"] == 50_000
     assert result["rod"] == ROD and result["note_sent"] is True

@@ -7,6 +7,7 @@ rules are checked against what the Rod actually answers.
 
 import hashlib
 import itertools
+import json
 
 import pytest
 from factories import node_id
@@ -19,6 +20,7 @@ from asyncln.messages import MAX_DEPOSIT_BATCH, PoolStatus
 from asyncln.recipient import (
     DEFAULT_INVOICE_EXPIRY,
     DEFAULT_POOL,
+    MintBudget,
     RecipientConfig,
     invoices_needed,
     parse_rods,
@@ -129,24 +131,65 @@ def test_from_options_names_the_bad_option(options, named):
     (20, 0, 50, 3, 3),
 ])
 def test_invoices_needed(target, level, max_invoices, batch, expected):
-    assert invoices_needed(target, status(level, max_invoices), batch) == expected
+    assert invoices_needed(target, status(level, max_invoices), batch, 1000) == expected
+    assert invoices_needed(target, status(level, max_invoices), batch, 4) == min(expected, 4)
+    assert invoices_needed(target, status(level, max_invoices), batch, 0) == 0
 
 
 @pytest.mark.parametrize("refused", [("stranger",), ("one", "two"), ("",)])
 def test_any_refusal_stops_the_top_up(refused):
-    assert invoices_needed(20, status(0, 50, refused), 32) == 0
+    assert invoices_needed(20, status(0, 50, refused), 32, 20) == 0
 
 
 @given(target=st.integers(0, 200), level=st.integers(0, 200), max_invoices=st.integers(0, 200),
-       batch=st.integers(0, 64), refused=st.lists(st.text(max_size=5), max_size=3))
-def test_invoices_needed_never_overfills(target, level, max_invoices, batch, refused):
-    n = invoices_needed(target, status(level, max_invoices, refused), batch)
-    assert 0 <= n <= batch
+       batch=st.integers(0, 64), allowance=st.integers(0, 200),
+       refused=st.lists(st.text(max_size=5), max_size=3))
+def test_invoices_needed_never_overfills(target, level, max_invoices, batch, allowance, refused):
+    n = invoices_needed(target, status(level, max_invoices, refused), batch, allowance)
+    assert 0 <= n <= min(batch, allowance)
     assert level + n <= max(level, min(target, max_invoices))
     if refused:
         assert n == 0
-    elif level < min(target, max_invoices) and batch:
+    elif level < min(target, max_invoices) and batch and allowance:
         assert n > 0  # a pool below target always gets something
+
+
+# --- MintBudget: B's own count, whatever the Rod says --------------------------------------------
+
+def test_the_budget_allows_a_pool_per_window_and_survives_json():
+    budget = MintBudget()
+    assert budget.allowance(1000, 20, 6) == 20
+    budget = budget.minted(1000, 15, 6)
+    assert budget == MintBudget(1000, 15)
+    assert MintBudget.from_json(json.loads(json.dumps(budget.to_json()))) == budget
+    assert [budget.allowance(h, 20, 6) for h in (999, 1000, 1005, 1006)] == [5, 5, 5, 20]
+    assert budget.minted(1005, 5, 6) == MintBudget(1000, 20)
+    assert budget.minted(1006, 5, 6) == MintBudget(1006, 5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pool=st.integers(0, 40), every=st.integers(1, 10),
+       steps=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 40), st.booleans()),
+                      max_size=60))
+def test_a_rod_that_always_reports_level_zero_gets_at_most_a_pool_per_window(pool, every, steps):
+    """B asks the Rod's bidding at each step (a block, or several), restarting at random."""
+    budget, height, mints = MintBudget(), 1000, []
+    for blocks, batch, restart in steps:
+        height += blocks
+        if restart:
+            budget = MintBudget.from_json(json.loads(json.dumps(budget.to_json())))
+        count = invoices_needed(pool, status(level=0), batch, budget.allowance(height, pool, every))
+        if count:
+            budget = budget.minted(height, count, every)
+            mints.append((height, count))
+    # Windows of ``every`` blocks, each starting at its first mint: the blocks from the
+    # first mint to any later one meet at most span // every + 1 windows, any other run one more.
+    for first, _ in mints:
+        for last, _ in mints:
+            if last >= first:
+                total = sum(c for h, c in mints if first <= h <= last)
+                windows = (last - first) // every + (1 if first == mints[0][0] else 2)
+                assert total <= pool * windows
 
 
 # --- wants_query -------------------------------------------------------------------------------
@@ -202,6 +245,7 @@ class Recipient:
     def __init__(self, target, batch, expiry, size):
         self.target, self.batch, self.expiry, self.size = target, batch, expiry, size
         self.minted = 0
+        self.budget, self.height = MintBudget(), 1000  # each connection in a window of its own
         self._names = itertools.count()
 
     def invoices(self, count, now):
@@ -210,7 +254,11 @@ class Recipient:
             h = hashlib.sha256(b"B%d" % next(self._names)).hexdigest()
             out.append(rod.Deposited(h, "lnbcrt" + "x" * (self.size - 6), None, now + self.expiry))
         self.minted += count
+        self.budget = self.budget.minted(self.height, count, EVERY)
         return out
+
+
+EVERY = 6  # asyncln-poll-blocks
 
 
 def pool_status(result: rod.DepositResult, limits: rod.RodLimits) -> PoolStatus:
@@ -225,9 +273,12 @@ def connection(recipient: Recipient, the_rod: rod.Rod, now: int, limit=1000):
     Returns the statuses B saw; fails if the loop does not end within ``limit`` rounds.
     """
     limits = the_rod.limits
+    recipient.height += EVERY
     seen = [pool_status(the_rod.deposit(B, True, [], now), limits)]
     for _ in range(limit):
-        count = invoices_needed(recipient.target, seen[-1], recipient.batch)
+        count = invoices_needed(recipient.target, seen[-1], recipient.batch,
+                                recipient.budget.allowance(recipient.height, recipient.target,
+                                                           EVERY))
         if count == 0:
             return seen
         items = recipient.invoices(count, now)
@@ -237,7 +288,7 @@ def connection(recipient: Recipient, the_rod: rod.Rod, now: int, limit=1000):
 
 @settings(max_examples=300, deadline=None)
 @given(target=st.integers(0, 120), batch=st.integers(1, MAX_DEPOSIT_BATCH),
-       max_invoices=st.integers(1, 100), max_bytes=st.integers(1, 20_000),
+       max_invoices=st.integers(1, 100), max_bytes=st.integers(rod.RECORD_BYTES, 20_000),
        size=st.integers(20, 400), drains=st.lists(st.integers(0, 40), max_size=6))
 def test_the_top_up_loop_ends_and_stays_within_the_rods_limits(
         target, batch, max_invoices, max_bytes, size, drains):
@@ -245,7 +296,7 @@ def test_the_top_up_loop_ends_and_stays_within_the_rods_limits(
                            fetches_per_hour=10_000)
     the_rod = rod.Rod(limits)
     recipient = Recipient(target, batch, 2 * DAY, size)
-    goal = min(target, max_invoices, max_bytes // size)
+    goal = min(target, max_invoices, (max_bytes - rod.RECORD_BYTES) // (size + rod.ENTRY_BYTES))
     now = NOW
     for drain in [0] + drains:                      # payers take invoices between connections
         for _ in range(drain):
@@ -280,4 +331,4 @@ def test_a_rod_that_refuses_everything_gets_one_batch_per_connection():
     seen = connection(recipient, the_rod, NOW)
     assert recipient.minted == 20 and the_rod.level(B) == 0
     assert len(seen[-1].refused) == 20
-    assert invoices_needed(20, seen[-1], MAX_DEPOSIT_BATCH) == 0
+    assert invoices_needed(20, seen[-1], MAX_DEPOSIT_BATCH, 20) == 0

@@ -16,13 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from asyncln import payee
 from asyncln.errors import AsynclnError, Code
-from asyncln.rod import (SERVE_MARGIN_SECONDS, DepositResult, Deposited, Pool, Rod, RodLimits,
-                         Served, check_invoice)
+from asyncln.rod import (ENTRY_BYTES, RECORD_BYTES, SERVE_MARGIN_SECONDS, DepositResult,
+                         Deposited, Pool, Rod, RodLimits, Served, check_invoice, invoice_bytes)
 
 B, C, A, A2, STRANGER = (node_id(n) for n in range(11, 16))
 NOW = 1_700_000_000
 DAY = 86_400
+ROD_ID = node_id(19)
 
 
 def refused(code, call, *args, **kw) -> str:
@@ -193,13 +195,14 @@ def test_only_allowed_depositors_change_anything(mode, depositor, is_peer, allow
 
 
 def test_each_refused_item_has_its_reason_and_takes_no_room():
-    rod = Rod(RodLimits(max_invoices=3, max_bytes=350))
+    # Room for the record, one served hash and three 100-character invoices (300 each).
+    rod = Rod(RodLimits(max_invoices=3, max_bytes=RECORD_BYTES + 4 * ENTRY_BYTES + 300))
     served = invoice("served")
     rod.deposit(B, True, [served], NOW)
     assert rod.fetch(A, B, 1, NOW) == served
     result = rod.deposit(B, True, [
         invoice(1), invoice(1), served, "lnbcrt9: decode failed",
-        invoice(2, expires_at=NOW + DAY - 1), invoice(3, size=300), invoice(4), invoice(5),
+        invoice(2, expires_at=NOW + DAY - 1), invoice(3, size=401), invoice(4), invoice(5),
         invoice(6)], NOW)
     assert result.accepted == 3 and result.level == 3
     assert [i.payment_hash for i in rod.pool(B).invoices] == [
@@ -210,7 +213,7 @@ def test_each_refused_item_has_its_reason_and_takes_no_room():
     assert served_again.startswith(served.payment_hash[:16]) and "already served" in served_again
     assert shell == "lnbcrt9: decode failed"
     assert soon.startswith(payment_hash(2)[:16]) and "asyncln-rod-min-expiry" in soon
-    assert big.startswith(payment_hash(3)[:16]) and "asyncln-rod-max-bytes=350" in big
+    assert big.startswith(payment_hash(3)[:16]) and "asyncln-rod-max-bytes=1250" in big
     assert full.startswith(payment_hash(6)[:16]) and "asyncln-rod-max-invoices=3" in full
 
 
@@ -414,6 +417,8 @@ def test_a_pool_round_trips_through_json_and_cannot_be_changed_in_place():
 # --- the rules over random histories -------------------------------------------------------
 
 DEPOSITORS = [B, C, STRANGER]
+PAYEE_SECRETS = {d: hashlib.sha256(b"payee" + d.encode()).hexdigest() for d in DEPOSITORS}
+PAYEE_KEYS = {d: payee.public_key(secret) for d, secret in PAYEE_SECRETS.items()}
 PEERS = {B, C}
 REQUESTERS = [A, A2, B]
 AMOUNTS = [1000, 2000, 3000]
@@ -427,14 +432,18 @@ TIME_STEPS = st.sampled_from([0, 1, SERVE_MARGIN_SECONDS - 1, SERVE_MARGIN_SECON
 
 class RodMachine(RuleBasedStateMachine):
     @initialize(data=st.data(), mode=st.sampled_from(MODES),
-                max_invoices=st.integers(1, 4), max_bytes=st.integers(60, 400),
+                max_invoices=st.integers(1, 4),
+                max_bytes=st.integers(RECORD_BYTES, RECORD_BYTES + 4 * ENTRY_BYTES + 400),
                 min_expiry=st.sampled_from([SERVE_MARGIN_SECONDS, 3600, DAY]),
+                max_expiry=st.sampled_from([DAY, 3 * DAY, 14 * DAY]),
                 per_hour=st.sampled_from([10, 40, 1, 3]), max_notes=st.integers(0, 3),
                 note_bytes=st.integers(1, 6))
-    def start(self, data, mode, max_invoices, max_bytes, min_expiry, per_hour, max_notes,
-              note_bytes):
+    def start(self, data, mode, max_invoices, max_bytes, min_expiry, max_expiry, per_hour,
+              max_notes, note_bytes):
         self.limits = RodLimits(max_invoices=max_invoices, max_bytes=max_bytes,
-                                min_expiry_seconds=min_expiry, fetches_per_hour=per_hour,
+                                min_expiry_seconds=min_expiry,
+                                max_expiry_seconds=max(min_expiry, max_expiry),
+                                fetches_per_hour=per_hour,
                                 max_notes=max_notes, max_note_bytes=note_bytes, depositors=mode)
         self.rod = Rod(self.limits)
         self.now = NOW
@@ -442,8 +451,10 @@ class RodMachine(RuleBasedStateMachine):
         self.catalogue = {d: [Deposited(payment_hash((d, n)),
                                         "ln" + "x" * data.draw(st.integers(8, 150)),
                                         data.draw(st.sampled_from([None, None] + AMOUNTS)),
-                                        NOW + data.draw(EXPIRIES))
+                                        NOW + data.draw(EXPIRIES),
+                                        data.draw(st.sampled_from([None, "0f" * 20])))
                               for n in range(CATALOGUE_SIZE)] for d in DEPOSITORS}
+        self.proven = set()     # (depositor, payee key) a valid owner signature was shown for
         self.served = {}        # payment_hash -> requester: every hash ever served
         self.admitted = {r: [] for r in REQUESTERS}  # times of requests the bucket let through
         self.notes = {d: {} for d in DEPOSITORS}     # what must be waiting for each recipient
@@ -475,50 +486,61 @@ class RodMachine(RuleBasedStateMachine):
                 reasons.append(item)
             elif (item.payment_hash in {i.payment_hash for i in kept} | set(start.served)
                   or item.expires_at - self.now < self.limits.min_expiry_seconds
+                  or item.expires_at - self.now > self.limits.max_expiry_seconds
                   or len(kept) == self.limits.max_invoices
-                  or size + len(item.bolt11) > self.limits.max_bytes):
+                  or size + len(item.bolt11) + len(item.offer or "") + ENTRY_BYTES
+                  > self.limits.max_bytes):
                 reasons.append(item.payment_hash[:16])
             else:
                 assert item.payment_hash not in self.served, "a served hash was accepted again"
                 kept.append(item)
-                size += len(item.bolt11)
+                size += len(item.bolt11) + len(item.offer or "") + ENTRY_BYTES
         result = self.rod.deposit(depositor, depositor in PEERS, items, self.now)
         assert result.level == len(kept) == self.rod.level(depositor)
         assert result.accepted == len(kept) - len(start.invoices)
         assert [r if r == "bad" else r[:16] for r in result.refused] == reasons
-        assert self.rod.pool(depositor) == replace(start, invoices=tuple(kept))
+        expected = replace(start, invoices=tuple(kept))
+        # An emptied pool is forgotten, its payee key too: the next deposit proves it again.
+        assert self.rod.pool(depositor) == (Pool() if expected.is_empty else expected)
 
     @rule(requester=st.sampled_from(REQUESTERS), amount=st.sampled_from(AMOUNTS * 3 + [0]),
           data=st.data())
     def fetch(self, requester, amount, data):
-        """Mostly from a recipient with invoices."""
+        """Mostly from a recipient with invoices; private ones name a payee key, or guess."""
         stocked = [d for d in DEPOSITORS if self.rod.level(d)]
         recipient = data.draw((st.sampled_from(stocked) if stocked else st.nothing())
                               | st.sampled_from(DEPOSITORS))
+        private = data.draw(st.booleans())
+        name = recipient
+        if private:  # the pool's key, another key, or the node id itself: a guess
+            name = data.draw(st.sampled_from([PAYEE_KEYS[recipient], recipient]))
+            recipient = next((d for d in DEPOSITORS if (d, name) in self.proven
+                              and self.rod.pool(d).payee_key == name), None)
         times = self.admitted[requester]
         # A sliding-window form of the bucket: admit iff, for every earlier admitted
         # request j, the requests since j plus this one fit in per_hour tokens plus the refill.
         per_hour = self.limits.fetches_per_hour
         admit = all((len(times) - j + 1) * 3600 <= per_hour * (3600 + self.now - t)
                     for j, t in enumerate(times))
-        before = self.rod.pool(recipient)
-        usable = [i for i in before.invoices if i.expires_at - self.now >= SERVE_MARGIN_SECONDS]
+        before = self.rod.pool(recipient) if recipient else Pool()
+        usable = [i for i in before.invoices if i.expires_at - self.now >= SERVE_MARGIN_SECONDS
+                  and (i.offer is not None or not private)]
         fits = ([i for i in usable if i.amount_msat == amount]
                 or [i for i in usable if i.amount_msat is None])
         if not admit:
-            return self.refused(Code.RATE_LIMITED, self.rod.fetch, requester, recipient, amount,
-                                self.now)
+            return self.refused(Code.RATE_LIMITED, self.rod.fetch, requester, name, amount,
+                                self.now, private)
         times.append(self.now)
         if amount == 0:
-            return self.refused(Code.BAD_PARAMETER, self.rod.fetch, requester, recipient, 0,
-                                self.now)
+            return self.refused(Code.BAD_PARAMETER, self.rod.fetch, requester, name, 0,
+                                self.now, private)
         if before.is_empty:
-            return self.refused(Code.UNKNOWN_RECIPIENT, self.rod.fetch, requester, recipient,
-                                amount, self.now)
+            return self.refused(Code.UNKNOWN_RECIPIENT, self.rod.fetch, requester, name,
+                                amount, self.now, private)
         if not fits:
-            return self.refused(Code.POOL_EMPTY, self.rod.fetch, requester, recipient, amount,
-                                self.now)
-        got = self.rod.fetch(requester, recipient, amount, self.now)
+            return self.refused(Code.POOL_EMPTY, self.rod.fetch, requester, name, amount,
+                                self.now, private)
+        got = self.rod.fetch(requester, name, amount, self.now, private)
         assert got.payment_hash not in self.served, "a hash was served twice"
         assert got.expires_at - self.now >= SERVE_MARGIN_SECONDS
         assert got == max(fits, key=lambda i: i.expires_at)
@@ -527,6 +549,26 @@ class RodMachine(RuleBasedStateMachine):
         assert self.rod.pool(recipient) == replace(
             start, invoices=tuple(i for i in start.invoices if i != got),
             served={**start.served, got.payment_hash: Served(requester, got.expires_at)})
+
+    @rule(depositor=st.sampled_from(DEPOSITORS), owner=st.sampled_from(DEPOSITORS),
+          key_of=st.sampled_from(DEPOSITORS), named=st.sampled_from(DEPOSITORS),
+          rod_id=st.sampled_from([ROD_ID, B]), signed=st.booleans())
+    def claim_payee_key(self, depositor, owner, key_of, named, rod_id, signed):
+        """``depositor`` claims ``key_of``'s payee key with ``owner``'s signature naming
+        ``named`` at ``rod_id``: valid only when all of them are the depositor's, here."""
+        key = PAYEE_KEYS[key_of]
+        sig = (payee.sign(PAYEE_SECRETS[owner], payee.owner_statement(named, rod_id))
+               if signed else None)
+        before = self.snapshot()
+        problem, changed = self.rod.claim_payee_key(depositor, key, sig, ROD_ID)
+        valid = signed and owner == key_of and named == depositor and rod_id == ROD_ID
+        assert (problem is None) == valid
+        if not valid or before[depositor] == Pool():
+            assert self.snapshot() == before and changed == ()
+            return
+        self.proven.add((depositor, key))
+        assert self.rod.pool(depositor).payee_key == key
+        assert set(changed) == {d for d in DEPOSITORS if self.snapshot()[d] != before[d]}
 
     @rule(data=st.data())
     def store_note(self, data):
@@ -597,7 +639,12 @@ class RodMachine(RuleBasedStateMachine):
             if not self.allowed(d):
                 assert pool == Pool(), "a depositor not allowed has a pool"
             assert len(pool.invoices) <= self.limits.max_invoices
+            # Served hashes count: fetches from throw-away ids cannot grow the record.
             assert pool.size_bytes <= self.limits.max_bytes
+            record = json.dumps(replace(pool, notes={}).to_json(), sort_keys=True)
+            assert len(record) <= pool.size_bytes, "the size bound misses part of the record"
+            # A payee key is filed only under its owner's signature naming this depositor.
+            assert pool.payee_key is None or (d, pool.payee_key) in self.proven
             hashes = [i.payment_hash for i in pool.invoices]
             assert len(set(hashes)) == len(hashes)
             assert not set(hashes) & set(self.served), "a served hash is back in a pool"
@@ -605,6 +652,8 @@ class RodMachine(RuleBasedStateMachine):
             assert self.rod.notes_for(d) == list(self.notes[d].items())
             assert all(h in self.served for h in pool.notes), "a note for a hash never served"
             assert all(i.amount_msat is None or i.amount_msat in AMOUNTS for i in pool.invoices)
+        keys = [self.rod.pool(d).payee_key for d in DEPOSITORS if self.rod.pool(d).payee_key]
+        assert len(keys) == len(set(keys)), "two pools share a payee key"
 
 
 RodMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=80, deadline=None)
@@ -621,3 +670,124 @@ def test_a_rod_keeps_only_invoices_that_name_it():
                           {k: v for k, v in mine.items() if k != "description"},
                           "lnbcrt1x", NOW, RodLimits(), rod_id=C)
         assert e.value.code == Code.DEPOSIT_REFUSED
+
+
+# --- who a pool belongs to (issue 11, item 4) ----------------------------------------------
+
+B_PAYEE_SECRET, M_PAYEE_SECRET = "b1" * 32, "e1" * 32
+B_PAYEE_KEY = payee.public_key(B_PAYEE_SECRET)
+MALLORY = STRANGER
+
+
+def owner_sig(secret, depositor, rod_id=ROD_ID):
+    return payee.sign(secret, payee.owner_statement(depositor, rod_id))
+
+
+def with_payee_key(limits=RodLimits(depositors="any")) -> Rod:
+    """B keeps a pool with an offer-carrying invoice and its signed payee key."""
+    rod = Rod(limits)
+    rod.deposit(B, True, [replace(invoice("b"), offer="0f" * 400)], NOW)
+    assert rod.claim_payee_key(B, B_PAYEE_KEY, owner_sig(B_PAYEE_SECRET, B), ROD_ID) == (
+        None, (B,))
+    return rod
+
+
+def test_a_payee_key_is_filed_only_under_its_signature_for_the_depositor_and_this_rod():
+    rod = with_payee_key()
+    rod.deposit(MALLORY, False, [replace(invoice("m"), offer="0e" * 400)], NOW)
+    before = {d: rod.pool(d) for d in (B, MALLORY)}
+    for sig in (None,                                         # an old depositor: no signature
+                owner_sig(B_PAYEE_SECRET, B),                 # B's own, replayed
+                owner_sig(M_PAYEE_SECRET, MALLORY),           # by another key
+                owner_sig(B_PAYEE_SECRET, MALLORY, rod_id=B),  # for another Rod
+                payee.sign(B_PAYEE_SECRET, b"anything else"), "00" * 8):
+        problem, changed = rod.claim_payee_key(MALLORY, B_PAYEE_KEY, sig, ROD_ID)
+        assert problem and changed == (), sig
+    assert {d: rod.pool(d) for d in (B, MALLORY)} == before
+    # B's private payers are still served from B's pool, by B's payee key only.
+    assert rod.fetch(A, B_PAYEE_KEY, 1000, NOW, private=True).payment_hash == payment_hash("b")
+
+
+def test_a_payee_key_filed_first_by_a_hijacker_does_not_keep_it_from_its_owner():
+    rod = Rod(RodLimits(depositors="any"))
+    rod.deposit(MALLORY, False, [replace(invoice("m"), offer="0e" * 400)], NOW)
+    assert rod.claim_payee_key(MALLORY, B_PAYEE_KEY, None, ROD_ID)[0]
+    rod.deposit(B, True, [replace(invoice("b"), offer="0f" * 400)], NOW)
+    assert rod.claim_payee_key(B, B_PAYEE_KEY, owner_sig(B_PAYEE_SECRET, B), ROD_ID) == (
+        None, (B,))
+    assert rod.depositor_of(B_PAYEE_KEY, private=True) == B
+    assert rod.fetch(A, B_PAYEE_KEY, 1000, NOW, private=True).payment_hash == payment_hash("b")
+
+
+def test_node_ids_and_payee_keys_are_separate_namespaces():
+    """A private request naming B's node id learns nothing: no guessing who is behind a key."""
+    rod = with_payee_key()
+    before = rod.pool(B)
+    refused(Code.UNKNOWN_RECIPIENT, rod.fetch, A, B, 1000, NOW, private=True)
+    refused(Code.UNKNOWN_RECIPIENT, rod.fetch, A, B_PAYEE_KEY, 1000, NOW)  # and the reverse
+    assert rod.pool(B) == before
+    assert rod.depositor_of(B) == B and rod.depositor_of(B, private=True) is None
+    assert rod.depositor_of(B_PAYEE_KEY, private=True) == B and rod.depositor_of(B_PAYEE_KEY) is None
+
+
+def test_a_note_needs_a_pool_and_is_filed_under_the_namespace_it_names():
+    rod = with_payee_key()
+    served = rod.fetch(A, B_PAYEE_KEY, 1000, NOW, private=True).payment_hash
+    for recipient, private in ((C, False), (C, True), (B, True), (B_PAYEE_KEY, False)):
+        assert "no pool" in refused(Code.NOTE_REFUSED, rod.store_note, A, recipient, served,
+                                    b"sealed", private)
+    assert rod.notes_for(B) == []
+    assert rod.store_note(A, B_PAYEE_KEY, served, b"sealed", private=True) == B
+    assert rod.notes_for(B) == [(served, b"sealed")]
+
+
+# --- bounds a greedy depositor cannot break (issue 11, item 5) -----------------------------
+
+def test_an_invoice_valid_longer_than_max_expiry_is_refused():
+    limits = RodLimits(max_expiry_seconds=14 * DAY)
+    fifty_years = decoded(created_at=NOW, expiry=50 * 365 * DAY)
+    assert "asyncln-rod-max-expiry" in refused(Code.DEPOSIT_REFUSED, check_invoice, B,
+                                               fifty_years, "ln", NOW, limits)
+    assert check_invoice(B, decoded(created_at=NOW, expiry=14 * DAY), "ln", NOW, limits)
+    rod = Rod(limits)
+    result = rod.deposit(B, True, [invoice(1, expires_at=NOW + 14 * DAY + 1)], NOW)
+    assert result.accepted == 0 and "asyncln-rod-max-expiry" in result.refused[0]
+    assert rod.pool(B) == Pool()
+
+
+def test_max_expiry_is_an_option_and_never_below_min_expiry():
+    assert RodLimits().max_expiry_seconds == 14 * DAY
+    assert RodLimits.from_options({"asyncln-rod-max-expiry": "3600",
+                                   "asyncln-rod-min-expiry": 600}).max_expiry_seconds == 3600
+    with pytest.raises(ValueError, match="asyncln-rod-max-expiry must be at least asyncln-rod-min"):
+        RodLimits.from_options({"asyncln-rod-max-expiry": DAY - 1})
+
+
+def test_fetches_from_throw_away_ids_keep_the_record_within_max_bytes():
+    """A depositor re-fills its pool as throw-away requesters empty it: served hashes count."""
+    limits = RodLimits(depositors="any", fetches_per_hour=1)
+    rod = Rod(limits)
+    now = NOW
+    for n in range(1000):
+        rod.deposit(B, True, [invoice(n, expires_at=now + 14 * DAY, size=400)], now)
+        try:
+            rod.fetch(f"02{n:064x}", B, 1000, now)
+        except AsynclnError as e:
+            assert e.code == Code.POOL_EMPTY  # the budget is spent on served hashes
+        record = json.dumps(rod.pool(B).to_json(), sort_keys=True)
+        assert len(record) <= rod.pool(B).size_bytes <= limits.max_bytes
+        now += 60
+    served = len(rod.pool(B).served)
+    assert 0 < served < 1000 and rod.pool(B).invoices == ()
+    assert rod.prune(now + 14 * DAY) == [B] and rod.pool(B) == Pool()  # pruned at expiry
+
+
+def test_a_proven_payee_key_is_taken_from_a_pool_an_older_version_filed_it_with():
+    """An older Rod filed keys without proof: a hijacked pool may come from its datastore."""
+    hijacked = Pool((replace(invoice("m"), offer="0e" * 400),), payee_key=B_PAYEE_KEY)
+    rod = Rod(RodLimits(depositors="any"), {MALLORY: hijacked})
+    rod.deposit(B, True, [replace(invoice("b"), offer="0f" * 400)], NOW)
+    assert rod.claim_payee_key(B, B_PAYEE_KEY, owner_sig(B_PAYEE_SECRET, B), ROD_ID) == (
+        None, (MALLORY, B))
+    assert rod.pool(MALLORY) == replace(hijacked, payee_key=None)
+    assert rod.fetch(A, B_PAYEE_KEY, 1000, NOW, private=True).payment_hash == payment_hash("b")

@@ -22,7 +22,7 @@ from factories import (PAYER, PAYMENT_HASH, direct_route, incoming, node_id, pay
 from pyln.client import RpcError
 
 from asyncln import code as codes
-from asyncln import hold, messages, note, onion, rod, rod_shell, signature
+from asyncln import hold, messages, note, onion, payee, rod, rod_shell, signature
 from asyncln import payer as payer_core
 from asyncln.errors import AsynclnError, Code
 from asyncln.features import feature_hex
@@ -510,7 +510,8 @@ def test_a_pool_status_never_asks_for_more_than_one_batch(net):
 
 
 def test_the_top_up_fills_the_pool_up_to_the_rods_max_and_stops(net):
-    r, b = rod_and_recipient(net, pool=80, limits=rod.RodLimits(max_invoices=50))
+    r, b = rod_and_recipient(net, pool=80, limits=rod.RodLimits(max_invoices=50,
+                                                                max_bytes=100_000))
     net.arrive(B, R)
     net.settle()
     assert r.rods.rod.level(B) == 50
@@ -527,12 +528,14 @@ def test_the_pool_is_topped_up_again_after_payers_drained_it(net):
     for n in range(3):
         request(net, r, f"{n:016x}")
     assert r.rods.rod.level(B) == 2
+    b.block(1006)  # the next window of asyncln-poll-blocks: B may mint a pool again
+    net.settle()
     net.connect(B, R)
     net.arrive(B, R)
     net.settle()
     assert r.rods.rod.level(B) == 5
     assert rpc_of(b).methods().count("invoice") == 8
-    b.block(1006)  # a later block: the pool is full, nothing more is asked
+    b.block(1012)  # a later block: the pool is full, nothing more is asked
     net.settle()
     assert rpc_of(b).methods().count("invoice") == 8
 
@@ -1105,3 +1108,130 @@ def test_cancel_as_payer_refusals_ask_nobody(net, payer, changes, code):
         payer.cancel(PAYMENT_HASH)
     assert e.value.code == code
     assert net.heard[C] == []
+
+
+# --- issue 11, item 4: who a pool belongs to -------------------------------------------------
+
+def hijacker_deposits(net, r, deposit):
+    """MALLORY, a depositor R allows, sends ``deposit``; returns R's answer to it."""
+    net.respond(MALLORY)
+    net.connect(MALLORY, R)
+    r.custom_message(MALLORY, messages.encode(deposit))
+    net.run(R)
+    return rpc_of(r).sent(messages.PoolStatus, to=MALLORY)[-1][1]
+
+
+@pytest.mark.parametrize("signature", ["none", "B's, replayed", "its own key's"])
+def test_a_hijacker_cannot_file_its_pool_under_bs_payee_key(net, payer, signature):
+    """MALLORY copies the payee key from B's private code and deposits under it first."""
+    r, b = net.add(R), net.add(B, rods=(R,), pool=3)
+    b_key = payee.public_key(b.rods.payee_secret())
+    sig = {"none": lambda: None,
+           "B's, replayed": lambda: payee.sign(b.rods.payee_secret(),
+                                               payee.owner_statement(B, R)),
+           "its own key's": lambda: payee.sign("e1" * 32, payee.owner_statement(MALLORY, R)),
+           }[signature]()
+    own = invoice_of(net, MALLORY)["bolt11"]
+    answer = hijacker_deposits(net, r, messages.Deposit((own,), (), b_key) if sig is None
+                               else messages.Deposit((own,), (), b_key, sig))
+    net.connect(B, R)
+    net.arrive(B, R)
+    net.settle()
+    net.disconnect(B, R)
+    # B's private payers are served from B's pool, not the hijacker's.
+    out = payer.fetchinvoice(b.rods.code(private=True)["code"], 5000, "for #7")
+    assert out["payment_hash"] in {i["payment_hash"] for i in rpc_of(b).invoices}
+    assert out["note_sent"] is True  # filed under B, found by its payee key
+    assert [h for h, _ in r.rods.rod.notes_for(B)] == [out["payment_hash"]]
+    assert answer.accepted == 1 and any("payee key" in reason for reason in answer.refused)
+    assert r.rods.rod.level(B) == 2 and r.rods.rod.level(MALLORY) == 1
+
+
+def test_a_hijacker_cannot_take_bs_node_id_as_its_payee_key(net, payer):
+    """Filed under B's node id, it would have caught B's public payers' notes."""
+    r, b = stocked(net, count=3)
+    own = invoice_of(net, MALLORY)["bolt11"]
+    answer = hijacker_deposits(net, r, messages.Deposit((own,), (), B))
+    out = payer.fetchinvoice(b.rods.code()["code"], 5000, "for #7")
+    assert r.rods.rod.notes_for(B) and out["note_sent"] is True
+    assert any("payee key" in reason for reason in answer.refused)
+    assert r.rods.rod.depositor_of(B, private=True) is None
+
+
+def test_a_private_request_naming_bs_node_id_gets_nothing(net):
+    """Whoever holds B's private code cannot guess which node is behind its payee key."""
+    r, _ = stocked(net, count=3)
+    net.respond(A)
+    net.connect(A, R, channel=False)
+    r.custom_message(A, messages.encode(messages.InvoiceRequest("01" * 8, B, 5000, True)))
+    net.run(R)
+    [(_, answer)] = rpc_of(r).sent(messages.InvoiceResponse, to=A)
+    assert answer.error_code == int(Code.UNKNOWN_RECIPIENT) and answer.offer is None
+    assert r.rods.rod.level(B) == 3
+
+
+def test_a_note_for_a_recipient_without_a_pool_is_refused_and_not_sent(net):
+    r, _ = stocked(net, count=1)
+    net.respond(A)
+    net.connect(A, R, channel=False)
+    request(net, r, "01" * 8)  # A got B's hash: a note would be fine for B, but not for C
+    [(_, served)] = rpc_of(r).sent(messages.InvoiceResponse, to=A)
+    payment_hash = net.bolt11[served.bolt11]["payment_hash"]
+    r.custom_message(A, messages.encode(messages.Note(C, payment_hash, "00" * 40)))
+    net.run(R)
+    [(_, answer)] = rpc_of(r).sent(messages.NoteAnswer, to=A)
+    assert answer == messages.NoteAnswer(payment_hash, False, answer.reason,
+                                         int(Code.NOTE_REFUSED))
+    assert "no pool" in answer.reason and r.rods.rod.notes_for(B) == []
+
+
+@pytest.mark.parametrize("rod_answer", ["refused", "silent"])
+def test_note_sent_is_true_only_when_the_rod_stored_it(net, payer, monkeypatch, rod_answer):
+    monkeypatch.setattr(rod_shell, "NOTE_SECONDS", 0.01)
+    text = code_of(net)
+    bolt11 = invoice_of(net, B)["bolt11"]
+    serve = serving(lambda: bolt11)
+
+    def answer(peer, msg):
+        if isinstance(msg, messages.Note) and rod_answer == "refused":
+            return [(R, messages.NoteAnswer(msg.payment_hash, False, "no pool for that recipient",
+                                            int(Code.NOTE_REFUSED)))]
+        return serve(peer, msg)
+    net.respond(R, answer)
+    out = payer.fetchinvoice(text, 5000, "for #7")
+    assert out["bolt11"] == bolt11 and out["note_sent"] is False
+    assert ("no pool" if rod_answer == "refused" else "did not answer") in out["note_error"]
+
+
+# --- issue 11, item 5: B's own count bounds what it mints --------------------------------------
+
+def lying_rod(sender, msg):
+    """A Rod that takes every deposit and always says B's pool there is empty."""
+    if isinstance(msg, messages.Deposit):
+        return [(R, messages.PoolStatus(0, len(msg.invoices), 50, DAY))]
+    return []
+
+
+def test_a_rod_that_always_reports_level_zero_gets_at_most_a_pool_per_window(net):
+    b = net.add(B, rods=(R,), pool=20)
+    net.respond(R, lying_rod)
+    net.connect(B, R)
+    net.arrive(B, R)
+    net.settle()
+    assert rpc_of(b).methods().count("invoice") == 20
+    poll = b.relay.policy.poll_blocks
+    for height in range(1001, 1000 + poll):  # the same window: queries, but no new invoices
+        b.block(height)
+        net.settle()
+        net.arrive(B, R)
+    b = net.add(B, rpc=rpc_of(b), rods=(R,), pool=20)  # a restart keeps the count
+    net.arrive(B, R)
+    net.settle()
+    assert rpc_of(b).methods().count("invoice") == 20
+    windows = 10
+    for height in range(1000 + poll, 1000 + poll * windows):
+        b.block(height)
+        net.settle()
+        net.arrive(B, R)
+    assert rpc_of(b).methods().count("invoice") == 20 * windows
+    assert len(net.heard[R]) > 2 * windows  # the Rod was asked often, and lied each time

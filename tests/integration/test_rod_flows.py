@@ -124,6 +124,41 @@ def test_a_rod_refuses_strangers_foreign_invoices_and_floods(node_factory, plugi
     assert depositor(r, b)["level"] == POOL - 2
 
 
+def test_a_hijacker_gets_neither_bs_payee_key_nor_bs_node_id(node_factory, plugin_path):
+    """Issue 11, item 4: a pool belongs to the node that deposited it.
+
+    A, R's channel peer, copies the payee key from B's private code and deposits under it
+    before B; then it asks R for a private offer naming B's node id, to learn who is behind
+    the key. B's private payers are still served from B's pool, and the guess gets nothing.
+    """
+    (r,) = node_factory.get_nodes(1, opts=[opts(plugin_path)])
+    a, b = node_factory.get_nodes(2, opts=[opts(plugin_path), opts(
+        plugin_path, **{"asyncln-rod": rod_of(r), "asyncln-rod-pool": POOL})])
+    node_factory.join_nodes([a, r], wait_for_announce=True)
+    payee_key = call(b, "asyncln-code", private=True)["payee_key"]
+    own = a.rpc.invoice("any", "hijack", f"asyncln-rod:{r.info['id']}", expiry=604800)["bolt11"]
+    a.rpc.sendcustommsg(r.info["id"], messages.encode(messages.Deposit((own,), (), payee_key)))
+    wait_for(lambda: depositor(r, a)["level"] == 1)
+
+    node_factory.join_nodes([r, b], announce_channels=False)
+    wait_for(lambda: any(t["id"] == r.info["id"]
+                         for t in call(b, "asyncln-getinfo")["trampolines"]))
+    call(b, "asyncln-deposit", count=2)  # with private offers and B's signed payee key
+    wait_for(lambda: depositor(r, b)["level"] >= 2)
+    code = call(b, "asyncln-code", private=True)["code"]
+    got = call(a, "asyncln-fetchinvoice", code=code, amount_msat=1_000)
+    assert got["payment_hash"] in {i["payment_hash"] for i in b.rpc.listinvoices()["invoices"]}
+    assert depositor(r, a)["level"] == 1
+    assert r.daemon.is_in_log(r"deposit from .*refused.*payee key comes without its signature")
+    say("A filed a pool under B's payee key first; B's private payers still got B's offer")
+
+    # R answers each request once: this refusal is the whole answer to the guess.
+    a.rpc.sendcustommsg(r.info["id"], messages.encode(messages.InvoiceRequest(
+        "02" * 8, b.info["id"], 1_000, private=True)))
+    r.daemon.wait_for_log(f"invoice request from {c_id(a)} for {c_id(b)}: "
+                          "this Rod keeps no invoices for that recipient")
+
+
 def test_private_recipient_paid_through_its_rod_with_a_note(node_factory, plugin_path):
     """Items 4 (A - R - B, R holds), 5 and 7: paid on return, proof of payment, a note."""
     (a,), r, b = private_recipient(node_factory, plugin_path)
