@@ -43,7 +43,8 @@ ROUTE_LAYERS = ["auto.localchans", "auto.sourcefree"]
 # A route hint names no capacity: assume the largest channel before wumbo (0.16 BTC).
 HINT_CAPACITY_MSAT = 16_777_215_000
 PEER_READY_SECONDS = 60    # longest wait for a reconnected peer's channel
-TICK_SECONDS = 0.2         # how often the worker looks at waking peers and an unsynced chain
+TICK_SECONDS = 0.2         # how often the worker looks at waking peers
+CHAIN_SECONDS = 1.0        # how often it asks again whether lightningd reached bitcoind's tip
 RECONCILE_SECONDS = 30     # re-issue what is owed even without a new block
 QUEUED_PER_PEER = 4        # a peer's requests of one kind waiting for the worker
 TERMS_SECONDS = 10         # longest an RPC waits for a just-connected peer's info
@@ -51,9 +52,24 @@ TERMS_SECONDS = 10         # longest an RPC waits for a just-connected peer's in
 CONTINUE = {"result": "continue"}
 
 
-def synced(info: dict) -> bool:
-    """getinfo says lightningd and bitcoind are caught up (CLN-FACTS: heights lag otherwise)."""
-    return "warning_bitcoind_sync" not in info and "warning_lightningd_sync" not in info
+def synced(info: dict, chain: Optional[dict]) -> bool:
+    """lightningd has processed every block bitcoind has: ``getinfo`` read after ``getchaininfo``.
+
+    getinfo's warnings alone are not enough: lightningd clears them once, at
+    the end of its first catch-up after startup, and never sets them again.
+    Blocks that reach bitcoind later (a burst, or the ones lightningd has not
+    polled yet) leave lightningd's height behind with no warning, and an
+    attempt sent then gets an expiry from the stale height (soak seed A).
+    So the height itself must reach bitcoind's header count; ``chain`` is
+    None when ``getchaininfo`` failed, which counts as not synced.
+    """
+    if chain is None or "warning_bitcoind_sync" in info or "warning_lightningd_sync" in info:
+        return False
+    try:
+        headers, blocks = int(chain["headercount"]), int(chain["blockcount"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return not chain.get("ibd", False) and headers == blocks and info["blockheight"] >= headers
 
 
 def incoming_from_hook(htlc: dict, onion: dict, peer_id: Optional[str]) -> hold.Incoming:
@@ -86,13 +102,13 @@ class Node:
         self.log = log
         self.lock = threading.RLock()
         self.store = Store(rpc)
-        info = rpc.getinfo()
+        info, in_sync = self.chain_state()
         self.node_id = info["id"]
         self.refused_options = refused_options
         self.important = self._is_important(plugin_path)
         self.relay = hold.Relay(
             policy, info["blockheight"], self._load("held", hold.HeldPayment.from_json).values(),
-            synced=synced(info), accept_new=refused_options is None)
+            synced=in_sync, accept_new=refused_options is None)
         self.pays: Dict[str, payer.Pay] = self._load("pay", payer.Pay.from_json)
         self.terms: Dict[str, Policy] = {}   # peer -> the terms its INFO announced
         # (payment hash, Incoming.key) -> htlc_accepted request awaiting our answer.
@@ -104,7 +120,7 @@ class Node:
         self._cv = threading.Condition()
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
         self._queued: Dict[tuple, int] = {}  # (peer, kind) -> jobs queued, at most QUEUED_PER_PEER
-        self._last_tick = self._last_reconcile = time.monotonic()
+        self._last_tick = self._last_reconcile = self._last_chain = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
         self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
         self.onion_secret, self.announced = self._onion_key(policy)
@@ -202,7 +218,7 @@ class Node:
                 with self.lock:
                     actions = self.relay.peer_online(peer)
                 self.run(actions)
-        if not self.relay.synced:
+        if not self.relay.synced and now - self._last_chain >= CHAIN_SECONDS:
             self.check_chain()
         if now - self._last_reconcile >= RECONCILE_SECONDS:
             self.reconcile()
@@ -324,10 +340,12 @@ class Node:
         with self.lock:
             if not self.relay.may_send(action.payment_hash, action.partid):
                 return []
-        info = self.rpc.getinfo()
+        info, in_sync = self.chain_state()
         refusal = None
-        if not synced(info):
-            refusal = "lightningd is catching up with the chain"
+        if not in_sync:
+            refusal = "lightningd is catching up with bitcoind's tip"
+            with self.lock:  # the worker's tick asks again until it has caught up
+                self.relay.chain(info["blockheight"], False)
         elif info["blockheight"] + 1 > action.max_height:
             refusal = (f"at height {info['blockheight']} the route's expiry would pass "
                        f"cltv_expiry - safety (highest safe height {action.max_height - 1})")
@@ -340,7 +358,8 @@ class Node:
         if done is not None:
             with self.lock:  # paid already, whoever sent it: resolve, never send again
                 return self.relay.attempt_succeeded(action.payment_hash, done["payment_preimage"])
-        pending = [p.get("partid", 0) for p in parts if p.get("status") == "pending"]
+        pending = [p.get("partid", 0) for p in parts if p.get("status") == "pending"
+                   and p.get("partid", 0) not in action.lost_partids]
         if pending:
             with self.lock:  # one live attempt per hash: settle that one first
                 return self.relay.adopt_attempt(action.payment_hash, action.partid, max(pending))
@@ -352,13 +371,7 @@ class Node:
                                                f"part {action.partid} is taken in lightningd",
                                                used_partid=free_partid - 1)
         try:
-            if action.onion is None:
-                result = self.rpc.call("sendpay", {
-                    "route": list(action.route), "payment_hash": action.payment_hash,
-                    "payment_secret": action.payment_secret, "amount_msat": action.total_msat,
-                    "partid": action.partid, "groupid": groupid, "label": "asyncln-relay"})
-            else:
-                result = self.send_to_holder(action, info["blockheight"] + 1, groupid)
+            result = self.send_onion(action, info["blockheight"] + 1, groupid)
         except RpcError as e:
             # Believe lightningd's records, not the error.
             self.log(f"sendpay for {action.payment_hash} answered: {rpc_message(e)}", level="info")
@@ -369,15 +382,25 @@ class Node:
                 return self.relay.attempt_succeeded(action.payment_hash, result["payment_preimage"])
         return []
 
-    def send_to_holder(self, action: hold.SendPay, base: int, groupid: int) -> dict:
-        """Version 2: the next holder gets the rest of the asyncln onion in its final-hop payload.
+    def send_onion(self, action: hold.SendPay, base: int, groupid: int) -> dict:
+        """Our own onion, sent with ``sendonion``: a next holder (version 2) gets the rest of
+        the asyncln onion in its final-hop payload, a recipient its payment data and the
+        payer's ``final_tlvs``.
 
+        Never ``sendpay``, and no ``total_amount_msat``: lightningd then takes a new
+        part in the group of a part a crash left pending with no HTLC (CLN #3916),
+        where ``sendpay`` refuses "Already have X of X payments in progress".
         ``base`` is the height sendonion counts the first hop's delay from
         (getinfo's + 1, read just before, as ``max_height`` was checked).
         """
         route, last = list(action.route), action.route[-1]
-        payload = onion.final_payload(last["amount_msat"], base + last["delay"],
-                                      bytes.fromhex(action.onion))
+        if action.onion is None:
+            payload = onion.recipient_payload(last["amount_msat"], base + last["delay"],
+                                              action.payment_secret, action.total_msat,
+                                              action.final_tlvs)
+        else:
+            payload = onion.final_payload(last["amount_msat"], base + last["delay"],
+                                          bytes.fromhex(action.onion))
         made = self.rpc.call("createonion", {"hops": onion.route_hops(route, base, payload),
                                              "assocdata": action.payment_hash})
         return self.rpc.call("sendonion", {
@@ -479,11 +502,28 @@ class Node:
         self.submit(job, urgent=True)  # deadlines ride on it: ahead of informative work
 
     def check_chain(self, hint: int = 0) -> None:
-        """Feed the relay lightningd's height and sync state (getinfo), never a stale guess."""
-        info = self.rpc.getinfo()
+        """Feed the relay lightningd's height and sync state, never a stale guess."""
+        self._last_chain = time.monotonic()
+        info, in_sync = self.chain_state()
         with self.lock:
-            actions = self.relay.chain(max(info["blockheight"], hint), synced(info))
+            actions = self.relay.chain(max(info["blockheight"], hint), in_sync)
         self.run(actions)
+
+    def chain_state(self):
+        """(getinfo, whether lightningd is at bitcoind's tip): see :func:`synced`.
+
+        ``getchaininfo`` is the Bitcoin backend's method (bcli's), which lightningd
+        serves over its RPC; it is asked first, so a block arriving between the
+        two calls can only make lightningd look ahead of the header count read.
+        """
+        try:
+            chain = self.rpc.call("getchaininfo", {"last_height": 0})
+        except RpcError as e:
+            self.log(f"getchaininfo failed: {rpc_message(e)}; no attempts until it answers",
+                     level="warn")
+            chain = None
+        info = self.rpc.getinfo()
+        return info, synced(info, chain)
 
     def reconcile(self) -> None:
         """Re-issue what is owed; settle open payments from lightningd's own records."""
