@@ -341,17 +341,17 @@ class Node:
             if not self.relay.may_send(action.payment_hash, action.partid):
                 return []
         info, in_sync = self.chain_state()
-        refusal = None
         if not in_sync:
-            refusal = "lightningd is catching up with bitcoind's tip"
-            with self.lock:  # the worker's tick asks again until it has caught up
-                self.relay.chain(info["blockheight"], False)
-        elif info["blockheight"] + 1 > action.max_height:
-            refusal = (f"at height {info['blockheight']} the route's expiry would pass "
-                       f"cltv_expiry - safety (highest safe height {action.max_height - 1})")
-        if refusal:
+            with self.lock:  # unsynced now: the worker's tick asks again until it caught up
+                return (self.relay.send_refused(action.payment_hash, action.partid,
+                                                "lightningd is catching up with bitcoind's tip")
+                        + self.relay.chain(info["blockheight"], False))
+        if info["blockheight"] + 1 > action.max_height:
             with self.lock:
-                return self.relay.send_refused(action.payment_hash, action.partid, refusal)
+                return self.relay.send_refused(
+                    action.payment_hash, action.partid,
+                    f"at height {info['blockheight']} the route's expiry would pass "
+                    f"cltv_expiry - safety (highest safe height {action.max_height - 1})")
         parts = self.rpc.call("listsendpays", {"payment_hash": action.payment_hash})["payments"]
         done = next((p for p in parts if p.get("status") == "complete"
                      and p.get("payment_preimage")), None)
@@ -964,6 +964,8 @@ def held_json(h: hold.HeldPayment) -> dict:
         out["incoming_peer"] = h.incoming.peer
     if h.last_error:
         out["last_error"] = h.last_error
+    if h.lost_partids:
+        out["lost_partids"] = list(h.lost_partids)
     if h.payer:
         out["payer"] = h.payer
     return out

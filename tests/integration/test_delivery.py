@@ -1,0 +1,61 @@
+"""Issue 11.7 on real lightningd: S delivers after a crash between sending and the HTLC's commit,
+and S's deliveries never force a close."""
+
+import time
+
+from helpers import assert_proof_of_payment, call, channel_with, held, held_for_payer, opts, wait_status
+from pyln.testing.utils import sync_blockheight, wait_for
+
+# S's channeld waits this long before committing a change: S can be killed after its
+# sendonion was recorded and before the HTLC reached a commitment (CLN #3916).
+SLOW_COMMIT_MS = 5000
+
+
+def no_force_close(*nodes):
+    for node in nodes:
+        for c in node.rpc.listpeerchannels()["channels"]:
+            assert c["state"] == "CHANNELD_NORMAL", (node.info["id"], c["state"])
+        assert not node.daemon.is_in_log("Peer permanent failure")
+
+
+def test_holder_killed_between_sending_and_the_commit_delivers_at_its_next_poll(
+        node_factory, bitcoind, plugin_path):
+    a, s, b = node_factory.line_graph(3, opts=[
+        opts(plugin_path), opts(plugin_path, may_fail=True, **{"commit-time": SLOW_COMMIT_MS}),
+        opts(plugin_path)], wait_for_announce=True)
+    assert call(s, "asyncln-getinfo")["synced"]  # getchaininfo answers through lightningd's RPC
+    inv = held_for_payer(a, s, b)
+    payment_hash = inv["payment_hash"]
+
+    b.start()
+    b.rpc.connect(s.info["id"], "localhost", s.port)
+    deadline = time.time() + 60
+    while not s.rpc.listsendpays(payment_hash=payment_hash)["payments"]:
+        assert time.time() < deadline, "S never sent"
+        time.sleep(0.02)
+    s.daemon.kill()  # kill -9, the HTLC not yet in any commitment
+
+    del s.daemon.opts["commit-time"]
+    s.start()
+    s.rpc.connect(a.info["id"], "localhost", a.port)
+    s.rpc.connect(b.info["id"], "localhost", b.port)
+    wait_for(lambda: channel_with(s, a)["peer_connected"] and channel_with(s, b)["peer_connected"])
+    # The state CLN #3916 describes: pending for lightningd, with no HTLC behind it.
+    [part] = s.rpc.listsendpays(payment_hash=payment_hash)["payments"]
+    assert part["status"] == "pending" and channel_with(s, b)["htlcs"] == []
+    assert held(s, payment_hash)["state"] == "forwarding"
+
+    bitcoind.generate_block(1)  # lost at two heights: judged lost, held again
+    sync_blockheight(bitcoind, [a, s, b])
+    wait_for(lambda: held(s, payment_hash)["state"] == "held")
+    bitcoind.generate_block(s.daemon.opts["asyncln-poll-blocks"])  # the next poll
+    sync_blockheight(bitcoind, [a, s, b])
+
+    assert_proof_of_payment(wait_status(a, payment_hash, "complete"))
+    assert b.rpc.listinvoices(payment_hash=payment_hash)["invoices"][0]["status"] == "paid"
+    parts = {p["partid"]: p["status"] for p in s.rpc.listsendpays(payment_hash=payment_hash)["payments"]}
+    assert parts == {1: "pending", 2: "complete"}  # the lost part stays; the new one went beside it
+    assert held(s, payment_hash)["state"] == "complete"
+    for x, y in ((a, s), (s, b)):
+        wait_for(lambda: channel_with(x, y)["htlcs"] == [])
+    no_force_close(a, s, b)
