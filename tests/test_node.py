@@ -250,3 +250,20 @@ def test_a_failing_getchaininfo_counts_as_behind():
                 raise RpcError(method, params, {"code": -32601, "message": "Unknown command"})
             return super().call(method, params)
     assert not node(NoChainInfo()).relay.synced
+
+
+def test_a_send_refused_behind_the_tip_still_carries_out_what_the_new_height_wakes():
+    """The height lightningd reports may reach another payment's give-up: it is failed back."""
+    rpc = RecordingRpc()
+    shell = node(rpc)
+    send = forwarding(shell)
+    other = "ab" * 32
+    with shell.lock:
+        shell.relay.admit(other, incoming(htlc_id=7, secret="77" * 32), record(), 0, 110_000, 1500)
+        give_up = shell.relay.held[other].give_up_height
+    rpc.answers.update(getinfo={"id": PAYER, "blockheight": give_up},
+                       getchaininfo={"headercount": give_up + 3, "blockcount": give_up + 3,
+                                     "ibd": False})
+    actions = shell.send_attempt(send)
+    assert any(isinstance(a, hold.FailIncoming) and a.payment_hash == other for a in actions)
+    assert "sendonion" not in [m for m, _ in rpc.calls]
