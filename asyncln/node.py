@@ -3,7 +3,7 @@
 plugin.py hands every hook, notification and RPC call to one :class:`Node`.
 Hooks and notifications only feed the pure cores (fast, under ``lock``) and
 queue the actions they return; one worker thread does the slow I/O
-(``getroutes``, ``sendpay``, datastore writes, waiting for a reconnected
+(``getroutes``, ``sendonion``, datastore writes, waiting for a reconnected
 peer's channel) and feeds each result back. A plain forward therefore never
 waits behind a poll round. An action that raises is reported to the core
 (:meth:`hold.Relay.action_failed`) and the rest of the queue goes on.
@@ -374,7 +374,7 @@ class Node:
             result = self.send_onion(action, info["blockheight"] + 1, groupid)
         except RpcError as e:
             # Believe lightningd's records, not the error.
-            self.log(f"sendpay for {action.payment_hash} answered: {rpc_message(e)}", level="info")
+            self.log(f"sendonion for {action.payment_hash} answered: {rpc_message(e)}", level="info")
             return [hold.CheckAttempt(action.payment_hash, action.partid)]
         self.log(f"forwarding held payment {action.payment_hash} (part {action.partid})")
         if result.get("status") == "complete":
