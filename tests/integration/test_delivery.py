@@ -59,3 +59,35 @@ def test_holder_killed_between_sending_and_the_commit_delivers_at_its_next_poll(
     for x, y in ((a, s), (s, b)):
         wait_for(lambda: channel_with(x, y)["htlcs"] == [])
     no_force_close(a, s, b)
+
+
+def test_no_delivery_until_lightningd_has_reached_bitcoinds_tip(node_factory, bitcoind, plugin_path):
+    """Soak seed A: blocks reach bitcoind and S's lightningd has not read them yet, with no
+    getinfo warning. S waits, and its HTLC to B gets its expiry from the tip."""
+    a, s, b = node_factory.line_graph(3, opts=[opts(plugin_path), opts(plugin_path),
+                                               opts(plugin_path)], wait_for_announce=True)
+    inv = held_for_payer(a, s, b)
+    final_cltv = b.rpc.decode(inv["bolt11"])["min_final_cltv_expiry"]
+    s.stop()
+    s.daemon.opts["dev-bitcoind-poll"] = 30  # S's lightningd reads new blocks late
+    s.start()
+    s.rpc.connect(a.info["id"], "localhost", a.port)
+
+    bitcoind.generate_block(8)
+    tip = bitcoind.rpc.getblockcount()
+    sync_blockheight(bitcoind, [a])
+    assert s.rpc.getinfo()["blockheight"] < tip
+    assert "warning_lightningd_sync" not in s.rpc.getinfo()  # what the old check relied on
+    b.start()
+    b.rpc.connect(s.info["id"], "localhost", s.port)
+
+    wait_for(lambda: s.rpc.listsendpays(payment_hash=inv["payment_hash"])["payments"]
+             or s.rpc.getinfo()["blockheight"] == tip)
+    assert s.rpc.getinfo()["blockheight"] == tip, "S sent while its lightningd was behind"
+    assert_proof_of_payment(wait_status(a, inv["payment_hash"], "complete"))
+    [out] = [h for h in s.rpc.listhtlcs()["htlcs"]
+             if h["payment_hash"] == inv["payment_hash"] and h["direction"] == "out"]
+    assert out["expiry"] >= tip + 1 + final_cltv
+    bitcoind.generate_block(10)
+    sync_blockheight(bitcoind, [a, s, b])
+    no_force_close(a, s, b)
