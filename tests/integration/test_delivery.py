@@ -1,8 +1,11 @@
 """Issue 11.7 on real lightningd: S delivers after a crash between sending and the HTLC's commit,
 and S's deliveries never force a close."""
 
+import json
+import os
 import time
 
+from asyncln.wire import decode_bigsize, decode_tlv_stream
 from helpers import assert_proof_of_payment, call, channel_with, held, held_for_payer, opts, wait_status
 from pyln.testing.utils import sync_blockheight, wait_for
 
@@ -91,3 +94,29 @@ def test_no_delivery_until_lightningd_has_reached_bitcoinds_tip(node_factory, bi
     bitcoind.generate_block(10)
     sync_blockheight(bitcoind, [a, s, b])
     no_force_close(a, s, b)
+
+
+def test_the_payers_final_tlvs_reach_the_recipients_hook(node_factory, plugin_path):
+    """A held record's final_tlvs (item 6 puts the amount commitment there) ride in B's
+    final-hop payload beside the payment data, and B is paid."""
+    recorder = os.path.join(os.path.dirname(__file__), "plugins", "record_payload.py")
+    a, s, b = node_factory.line_graph(3, opts=[
+        opts(plugin_path), opts(plugin_path, may_fail=True),
+        opts(plugin_path, plugin=[plugin_path, recorder])], wait_for_announce=True)
+    inv = held_for_payer(a, s, b)
+    key = ["asyncln", "held", inv["payment_hash"]]
+    saved = json.loads(s.rpc.listdatastore(key=key)["datastore"][0]["string"])
+    saved["record"]["final_tlvs"] = [[66105, "c0ffee"], [66107, ""]]
+    s.rpc.datastore(key=key, string=json.dumps(saved), mode="must-replace")
+    s.restart()  # the record is read back from the datastore
+    s.rpc.connect(a.info["id"], "localhost", a.port)
+    b.start()
+    b.rpc.connect(s.info["id"], "localhost", s.port)
+    assert_proof_of_payment(wait_status(a, inv["payment_hash"], "complete"))
+    [seen] = [p["payload"] for p in call(b, "recorded-payloads")["payloads"]
+              if p["payment_hash"] == inv["payment_hash"]]
+    raw = bytes.fromhex(seen)
+    length, offset = decode_bigsize(raw)
+    tlvs = decode_tlv_stream(raw[offset:offset + length], known_even=(2, 4, 8))
+    assert tlvs[66105] == bytes.fromhex("c0ffee") and tlvs[66107] == b""
+    assert tlvs[8][:32] == bytes.fromhex(b.rpc.decode(inv["bolt11"])["payment_secret"])
