@@ -72,7 +72,7 @@ def test_no_delivery_until_lightningd_has_reached_bitcoinds_tip(node_factory, bi
     a, s, b = node_factory.line_graph(3, opts=[opts(plugin_path), opts(plugin_path),
                                                opts(plugin_path)], wait_for_announce=True)
     inv = held_for_payer(a, s, b)
-    final_cltv = b.rpc.decode(inv["bolt11"])["min_final_cltv_expiry"]
+    final_cltv = a.rpc.decode(inv["bolt11"])["min_final_cltv_expiry"]
     s.stop()
     s.daemon.opts["dev-bitcoind-poll"] = 30  # S's lightningd reads new blocks late
     s.start()
