@@ -252,13 +252,15 @@ def test_soak_restarts_around_delivery_with_block_bursts(node_factory, bitcoind,
             soak.start_b()                 # S wakes and delivers ...
             soak.kill9("S")                # ... and dies at once
         elif action == "S back behind the tip":
-            s.daemon.kill()                # S down while the chain moves on; B back meanwhile
+            s.daemon.kill()                # S down while the chain moves on
             soak.up.discard("S")
             soak.mine(rng.randint(*BURST))
-            soak.start_b(connect=False)
             s.start()                      # lightningd catches up from its stored height
             soak.up.add("S")
-            soak.reconnect()               # B is there at once: S must wait for the tip
+            burst = rng.randint(*BURST)    # and more blocks S's lightningd has not read yet
+            soak.log.append(f"mine {burst} unseen, B back at once")
+            soak.bitcoind.generate_block(burst)
+            soak.start_b()                 # S must wait for the tip before it delivers
         else:
             soak.start_b()
             wait_for(lambda: any(soak.invoice_status(inv) == "paid" for inv in these))
