@@ -52,15 +52,15 @@ TERMS_SECONDS = 10         # longest an RPC waits for a just-connected peer's in
 CONTINUE = {"result": "continue"}
 
 
-def synced(info: dict, chain: Optional[dict]) -> bool:
-    """lightningd has processed every block bitcoind has: ``getinfo`` read after ``getchaininfo``.
+def synced(tip: int, chain: Optional[dict], info: dict) -> bool:
+    """lightningd has processed every block bitcoind has (``tip``, read after ``getchaininfo``).
 
     getinfo's warnings alone are not enough: lightningd clears them once, at
     the end of its first catch-up after startup, and never sets them again.
     Blocks that reach bitcoind later (a burst, or the ones lightningd has not
     polled yet) leave lightningd's height behind with no warning, and an
     attempt sent then gets an expiry from the stale height (soak seed A).
-    So the height itself must reach bitcoind's header count; ``chain`` is
+    So lightningd's own tip must reach bitcoind's header count; ``chain`` is
     None when ``getchaininfo`` failed, which counts as not synced.
     """
     if chain is None or "warning_bitcoind_sync" in info or "warning_lightningd_sync" in info:
@@ -69,7 +69,7 @@ def synced(info: dict, chain: Optional[dict]) -> bool:
         headers, blocks = int(chain["headercount"]), int(chain["blockcount"])
     except (KeyError, TypeError, ValueError):
         return False
-    return not chain.get("ibd", False) and headers == blocks and info["blockheight"] >= headers
+    return not chain.get("ibd", False) and headers == blocks and tip >= headers
 
 
 def incoming_from_hook(htlc: dict, onion: dict, peer_id: Optional[str]) -> hold.Incoming:
@@ -102,12 +102,12 @@ class Node:
         self.log = log
         self.lock = threading.RLock()
         self.store = Store(rpc)
-        info, in_sync = self.chain_state()
-        self.node_id = info["id"]
+        self.node_id = rpc.getinfo()["id"]
+        height, in_sync = self.chain_state()
         self.refused_options = refused_options
         self.important = self._is_important(plugin_path)
         self.relay = hold.Relay(
-            policy, info["blockheight"], self._load("held", hold.HeldPayment.from_json).values(),
+            policy, height, self._load("held", hold.HeldPayment.from_json).values(),
             synced=in_sync, accept_new=refused_options is None)
         self.pays: Dict[str, payer.Pay] = self._load("pay", payer.Pay.from_json)
         self.terms: Dict[str, Policy] = {}   # peer -> the terms its INFO announced
@@ -340,17 +340,17 @@ class Node:
         with self.lock:
             if not self.relay.may_send(action.payment_hash, action.partid):
                 return []
-        info, in_sync = self.chain_state()
+        height, in_sync = self.chain_state()
         if not in_sync:
             with self.lock:  # unsynced now: the worker's tick asks again until it caught up
                 return (self.relay.send_refused(action.payment_hash, action.partid,
                                                 "lightningd is catching up with bitcoind's tip")
-                        + self.relay.chain(info["blockheight"], False))
-        if info["blockheight"] + 1 > action.max_height:
+                        + self.relay.chain(height, False))
+        if height + 1 > action.max_height:
             with self.lock:
                 return self.relay.send_refused(
                     action.payment_hash, action.partid,
-                    f"at height {info['blockheight']} the route's expiry would pass "
+                    f"at height {height} the route's expiry would pass "
                     f"cltv_expiry - safety (highest safe height {action.max_height - 1})")
         parts = self.rpc.call("listsendpays", {"payment_hash": action.payment_hash})["payments"]
         done = next((p for p in parts if p.get("status") == "complete"
@@ -371,7 +371,7 @@ class Node:
                                                f"part {action.partid} is taken in lightningd",
                                                used_partid=free_partid - 1)
         try:
-            result = self.send_onion(action, info["blockheight"] + 1, groupid)
+            result = self.send_onion(action, height + 1, groupid)
         except RpcError as e:
             # Believe lightningd's records, not the error.
             self.log(f"sendonion for {action.payment_hash} answered: {rpc_message(e)}", level="info")
@@ -391,7 +391,7 @@ class Node:
         part in the group of a part a crash left pending with no HTLC (CLN #3916),
         where ``sendpay`` refuses "Already have X of X payments in progress".
         ``base`` is the height sendonion counts the first hop's delay from
-        (getinfo's + 1, read just before, as ``max_height`` was checked).
+        (lightningd's tip + 1, read just before, as ``max_height`` was checked).
         """
         route, last = list(action.route), action.route[-1]
         if action.onion is None:
@@ -504,17 +504,19 @@ class Node:
     def check_chain(self, hint: int = 0) -> None:
         """Feed the relay lightningd's height and sync state, never a stale guess."""
         self._last_chain = time.monotonic()
-        info, in_sync = self.chain_state()
+        height, in_sync = self.chain_state()
         with self.lock:
-            actions = self.relay.chain(max(info["blockheight"], hint), in_sync)
+            actions = self.relay.chain(max(height, hint), in_sync)
         self.run(actions)
 
     def chain_state(self):
-        """(getinfo, whether lightningd is at bitcoind's tip): see :func:`synced`.
+        """(lightningd's tip, whether it is bitcoind's tip): see :func:`synced`.
 
         ``getchaininfo`` is the Bitcoin backend's method (bcli's), which lightningd
-        serves over its RPC; it is asked first, so a block arriving between the
-        two calls can only make lightningd look ahead of the header count read.
+        serves over its RPC; it is asked first, so a block arriving meanwhile can
+        only make lightningd look ahead of the header count read. The tip is
+        ``waitblockheight 0``'s answer: lightningd's processed height, which its
+        expiries count from. getinfo's ``blockheight`` is gossipd's, a little later.
         """
         try:
             chain = self.rpc.call("getchaininfo", {"last_height": 0})
@@ -522,8 +524,8 @@ class Node:
             self.log(f"getchaininfo failed: {rpc_message(e)}; no attempts until it answers",
                      level="warn")
             chain = None
-        info = self.rpc.getinfo()
-        return info, synced(info, chain)
+        tip = int(self.rpc.call("waitblockheight", {"blockheight": 0, "timeout": 0})["blockheight"])
+        return tip, synced(tip, chain, self.rpc.getinfo())
 
     def reconcile(self) -> None:
         """Re-issue what is owed; settle open payments from lightningd's own records."""

@@ -87,6 +87,9 @@ class FakeLightningd:
     def _getinfo(self, params):
         return {"id": self.id, "blockheight": self.height}
 
+    def _waitblockheight(self, params):
+        return {"blockheight": self.height}
+
     def _getchaininfo(self, params):
         return {"chain": "regtest", "headercount": self.height, "blockcount": self.height,
                 "ibd": False}
