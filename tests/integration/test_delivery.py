@@ -10,6 +10,7 @@ from helpers import (
     assert_proof_of_payment,
     call,
     channel_with,
+    drop_torn_plugin_io,
     held,
     held_for_payer,
     opts,
@@ -46,6 +47,7 @@ def test_holder_killed_between_sending_and_the_commit_still_delivers(
         assert time.time() < deadline, "S never sent"
         time.sleep(0.02)
     s.daemon.kill()  # kill -9, the HTLC not yet in any commitment
+    drop_torn_plugin_io(s)
 
     del s.daemon.opts["commit-time"]
     s.start()

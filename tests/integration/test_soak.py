@@ -9,7 +9,7 @@ import hashlib
 import random
 import time
 
-from helpers import call, channel_with, held, opts, say, wait_for_terms
+from helpers import call, channel_with, drop_torn_plugin_io, held, opts, say, wait_for_terms
 from pyln.testing.utils import sync_blockheight, wait_for
 
 SEED = 20260627
@@ -75,6 +75,7 @@ class Soak:
         """kill -9, ``burst`` blocks mined while it is down, then start it again."""
         self.log.append(f"kill -9 {name}" + (f", mine {burst} while down" if burst else ""))
         self.nodes[name].daemon.kill()
+        drop_torn_plugin_io(self.nodes[name])
         self.up.discard(name)
         if burst:
             self.mine(burst)
@@ -253,6 +254,7 @@ def test_soak_restarts_around_delivery_with_block_bursts(node_factory, bitcoind,
             soak.kill9("S")                # ... and dies at once
         elif action == "S back behind the tip":
             s.daemon.kill()                # S down while the chain moves on
+            drop_torn_plugin_io(s)
             soak.up.discard("S")
             soak.mine(rng.randint(*BURST))
             s.start()                      # lightningd catches up from its stored height
