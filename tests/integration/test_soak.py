@@ -10,6 +10,7 @@ import random
 import time
 
 from helpers import call, channel_with, drop_torn_plugin_io, held, opts, say, wait_for_terms
+from pyln.client import RpcError
 from pyln.testing.utils import sync_blockheight, wait_for
 
 SEED = 20260627
@@ -67,9 +68,19 @@ class Soak:
         if {"B", "S"} <= self.up:
             pairs.append((b, s))
         for x, y in pairs:
-            x.rpc.connect(y.info["id"], "localhost", y.port)
+            wait_for(lambda: self.connect(x, y))
         for x, y in pairs:
             wait_for(lambda: self.linked(x, y) and self.linked(y, x))
+
+    @staticmethod
+    def connect(x, y):
+        """False when the call raced the peers' own reconnection ("disconnected during
+        connection"): the caller tries again."""
+        try:
+            x.rpc.connect(y.info["id"], "localhost", y.port)
+        except RpcError:
+            return False
+        return True
 
     def kill9(self, name, burst=0):
         """kill -9, ``burst`` blocks mined while it is down, then start it again."""
