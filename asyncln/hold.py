@@ -338,7 +338,7 @@ class Relay:
         return None
 
     def chain(self, height: int, synced: bool) -> List[Action]:
-        """lightningd's height and whether it says it is synced (getinfo's warnings)."""
+        """lightningd's height and whether it has reached bitcoind's tip (node.synced)."""
         if synced and not self.synced:
             # What waited for the sync is due now, not a block later.
             for names in list(self.by_node.values()):
