@@ -28,6 +28,8 @@ OPTION_HELP = {
     "asyncln-poll-blocks": "Re-try a held payment every this many blocks",
     "asyncln-max-hold-blocks": "Longest we hold a payment, in blocks",
     "asyncln-safety-blocks": "Fail a held HTLC back at least this many blocks before it expires",
+    "asyncln-spare-blocks": "CLTV blocks given to the next node above its final CLTV, "
+                            "when the incoming HTLC leaves room",
     "asyncln-fee-base-msat": "Base fee for holding a payment",
     "asyncln-fee-ppm": "Proportional fee for holding a payment",
     "asyncln-max-held": "Most payments held at once",

@@ -40,7 +40,7 @@ from .chain import HEIGHT_SLACK
 from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
-from .record import RECORD_TYPE, HintHop, TrampolineRecord, find_record
+from .record import RECORD_TYPE, FinalTlvs, HintHop, TrampolineRecord, find_record
 from .states import HOLD_MOVES, HOLD_OPEN, HoldState, move
 from .wire import DecodeError
 
@@ -126,6 +126,9 @@ class HeldPayment:
     last_error: Optional[str] = None
     preimage: Optional[str] = None
     failure_message: Optional[str] = None
+    # Parts lightningd lists as pending with no HTLC behind them, judged lost
+    # (CLN #3916): they never block a new attempt, which sendonion allows.
+    lost_partids: Tuple[int, ...] = ()
     # Whether lightningd waits on our hook answer for this HTLC: true until
     # the shell reports the answer delivered (Relay.answered), not merely
     # decided. Not persisted: after a restart only a replayed hook re-attaches it.
@@ -139,6 +142,7 @@ class HeldPayment:
         data = asdict(self)
         del data["attached"]
         data["state"] = self.state.value
+        data["record"] = self.record.to_json()  # its final_tlvs' bytes as hex
         return data
 
     @classmethod
@@ -148,6 +152,7 @@ class HeldPayment:
         data["incoming"] = Incoming(**data["incoming"])
         data["record"] = TrampolineRecord.from_json(data["record"])
         data["state"] = HoldState(data["state"])
+        data["lost_partids"] = tuple(data.get("lost_partids", ()))
         return cls(attached=False, **data)
 
 
@@ -201,11 +206,12 @@ class FindRoute:
 
 @dataclass(frozen=True)
 class SendPay:
-    """Send attempt ``partid``.
+    """Send attempt ``partid`` (``createonion`` + ``sendonion``, our own onion).
 
     ``max_height`` is the highest network height at which the outgoing expiry
-    stays <= ``cltv_expiry - safety``; the shell sends only while getinfo's
-    height + 1 (a block lightningd may already have) is at most that.
+    stays <= ``cltv_expiry - safety``; the shell sends only while lightningd
+    is at bitcoind's tip and its height + 1 is at most that.
+    ``lost_partids``: pending parts judged lost, which must not be adopted.
     """
 
     payment_hash: str
@@ -215,6 +221,8 @@ class SendPay:
     total_msat: int
     max_height: int
     onion: Optional[str] = None  # version 2: the next holder's asyncln onion (hex), not a recipient
+    final_tlvs: FinalTlvs = ()   # odd TLVs for the recipient's payload (not for a next holder)
+    lost_partids: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -374,7 +382,7 @@ class Relay:
         return existing
 
     def chain(self, height: int, synced: bool) -> List[Action]:
-        """lightningd's height and whether it says it is synced (getinfo's warnings)."""
+        """lightningd's height and whether it has reached bitcoind's tip (node.synced)."""
         if synced and not self.synced:
             # What waited for the sync is due now, not a block later.
             for names in list(self.by_node.values()):
@@ -455,6 +463,7 @@ class Relay:
         problem = self._route_problem(held, route)
         if problem is not None:
             return actions + self._attempt_failed(held, problem)
+        route = self._with_spare_blocks(held, route)
         held = self._put(held, state=HoldState.FORWARDING, last_error=None, partid=held.partid + 1,
                          hops=len(route))
         self.unsent.add((payment_hash, held.partid))
@@ -463,7 +472,8 @@ class Relay:
         return actions + [Persist(held),
                           SendPay(payment_hash, held.partid, tuple(route),
                                   held.record.payment_secret, held.record.total_msat,
-                                  max_height, held.record.next_onion)]
+                                  max_height, held.record.next_onion, held.record.final_tlvs,
+                                  held.lost_partids)]
 
     def route_failed(self, payment_hash: str, error: str,
                      unknown_node: Optional[str] = None) -> List[Action]:
@@ -563,6 +573,8 @@ class Relay:
                 # Only after a later block: a sendpay racing this check has its HTLC by then.
                 first = self.lost_since.setdefault((payment_hash, partid), self.height)
                 if self.height > first:
+                    held = self.held[payment_hash]
+                    self._put(held, lost_partids=tuple(sorted({*held.lost_partids, partid})))
                     return self.attempt_failed(payment_hash, partid, LOST)
                 return []
             case _:
@@ -858,6 +870,14 @@ class Relay:
         if held.incoming.amount_msat - first["amount_msat"] < self.policy.fee(record.amount_msat):
             return "route fees exceed what the incoming HTLC leaves after our fee"
         return None
+
+    def _with_spare_blocks(self, held: HeldPayment, route: List[dict]) -> List[dict]:
+        """The route with up to ``spare_blocks`` more CLTV at every hop, as a payer's shadow
+        blocks: the next node gets them above its final CLTV, each hop keeps its own delta,
+        and the first hop's delay stays within ``_max_route_delay``."""
+        spare = max(0, min(self.policy.spare_blocks,
+                           self._max_route_delay(held) - route[0]["delay"]))
+        return [{**hop, "delay": hop["delay"] + spare} for hop in route]
 
     def _attempt_failed(self, held: HeldPayment, error: str) -> List[Action]:
         was = held.state

@@ -3,7 +3,7 @@
 plugin.py hands every hook, notification and RPC call to one :class:`Node`.
 Hooks and notifications only feed the pure cores (fast, under ``lock``) and
 queue the actions they return; one worker thread does the slow I/O
-(``getroutes``, ``sendpay``, datastore writes, waiting for a reconnected
+(``getroutes``, ``sendonion``, datastore writes, waiting for a reconnected
 peer's channel) and feeds each result back. A plain forward therefore never
 waits behind a poll round. An action that raises is reported to the core
 (:meth:`hold.Relay.action_failed`) and the rest of the queue goes on.
@@ -48,7 +48,8 @@ ROUTE_LAYERS = ["auto.localchans", "auto.sourcefree"]
 # A route hint names no capacity: assume the largest channel before wumbo (0.16 BTC).
 HINT_CAPACITY_MSAT = 16_777_215_000
 PEER_READY_SECONDS = 60    # longest wait for a reconnected peer's channel
-TICK_SECONDS = 0.2         # how often the worker looks at waking peers and an unsynced chain
+TICK_SECONDS = 0.2         # how often the worker looks at waking peers
+CHAIN_SECONDS = 1.0        # how often it asks again whether lightningd reached bitcoind's tip
 RECONCILE_SECONDS = 30     # re-issue what is owed even without a new block
 QUEUED_PER_PEER = 4        # a peer's requests of one kind waiting for the worker
 TERMS_SECONDS = 10         # longest an RPC waits for a just-connected peer's info
@@ -57,9 +58,24 @@ CONTINUE = {"result": "continue"}
 FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
 
 
-def synced(info: dict) -> bool:
-    """getinfo says lightningd and bitcoind are caught up (CLN-FACTS: heights lag otherwise)."""
-    return "warning_bitcoind_sync" not in info and "warning_lightningd_sync" not in info
+def synced(tip: int, chain: Optional[dict], info: dict) -> bool:
+    """lightningd has processed every block bitcoind has (``tip``, read after ``getchaininfo``).
+
+    getinfo's warnings alone are not enough: lightningd clears them once, at
+    the end of its first catch-up after startup, and never sets them again.
+    Blocks that reach bitcoind later (a burst, or the ones lightningd has not
+    polled yet) leave lightningd's height behind with no warning, and an
+    attempt sent then gets an expiry from the stale height (soak seed A).
+    So lightningd's own tip must reach bitcoind's header count; ``chain`` is
+    None when ``getchaininfo`` failed, which counts as not synced.
+    """
+    if chain is None or "warning_bitcoind_sync" in info or "warning_lightningd_sync" in info:
+        return False
+    try:
+        headers, blocks = int(chain["headercount"]), int(chain["blockcount"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return not chain.get("ibd", False) and headers == blocks and tip >= headers
 
 
 def incoming_from_hook(htlc: dict, onion: dict, peer_id: Optional[str],
@@ -117,8 +133,8 @@ class Node:
         self.log = log
         self.lock = threading.RLock()
         self.store = Store(rpc)
-        info = rpc.getinfo()
-        self.node_id = info["id"]
+        self.node_id = rpc.getinfo()["id"]
+        height, in_sync = self.chain_state()
         self.refused_options = refused_options
         self.important = self._is_important(plugin_paths)
         # scid or local alias -> channel id, from listpeerchannels; names are only
@@ -131,7 +147,7 @@ class Node:
                      "looked up when their HTLCs arrive", level="broken")
         loaded = self._load("held", hold.HeldPayment.from_json).values()
         held = [self._with_channel_id(h) for h in loaded]
-        self.relay = hold.Relay(policy, info["blockheight"], held, synced=synced(info),
+        self.relay = hold.Relay(policy, height, held, synced=in_sync,
                                 accept_new=refused_options is None)
         # Records that just learnt their channel id: startup's reconcile writes them.
         self.relay.unsaved.update(h.payment_hash for h, old in zip(held, loaded) if h is not old)
@@ -149,7 +165,7 @@ class Node:
         self._cv = threading.Condition()
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
         self._queued: Dict[tuple, int] = {}  # (peer, kind) -> jobs queued, at most QUEUED_PER_PEER
-        self._last_tick = self._last_reconcile = time.monotonic()
+        self._last_tick = self._last_reconcile = self._last_chain = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
         self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
         # hash -> the shared secrets of our attempt's onion to a next holder (onion_failure)
@@ -261,7 +277,7 @@ class Node:
                 with self.lock:
                     actions = self.relay.peer_online(peer)
                 self.run(actions)
-        if not self.relay.synced:
+        if not self.relay.synced and now - self._last_chain >= CHAIN_SECONDS:
             self.check_chain()
         if now - self._last_reconcile >= RECONCILE_SECONDS:
             self.reconcile()
@@ -393,23 +409,26 @@ class Node:
         with self.lock:
             if not self.relay.may_send(action.payment_hash, action.partid):
                 return []
-        info = self.rpc.getinfo()
-        refusal = None
-        if not synced(info):
-            refusal = "lightningd is catching up with the chain"
-        elif info["blockheight"] + 1 > action.max_height:
-            refusal = (f"at height {info['blockheight']} the route's expiry would pass "
-                       f"cltv_expiry - safety (highest safe height {action.max_height - 1})")
-        if refusal:
+        height, in_sync = self.chain_state()
+        if not in_sync:
+            with self.lock:  # unsynced now: the worker's tick asks again until it caught up
+                return (self.relay.send_refused(action.payment_hash, action.partid,
+                                                "lightningd is catching up with bitcoind's tip")
+                        + self.relay.chain(height, False))
+        if height + 1 > action.max_height:
             with self.lock:
-                return self.relay.send_refused(action.payment_hash, action.partid, refusal)
+                return self.relay.send_refused(
+                    action.payment_hash, action.partid,
+                    f"at height {height} the route's expiry would pass "
+                    f"cltv_expiry - safety (highest safe height {action.max_height - 1})")
         parts = self.rpc.call("listsendpays", {"payment_hash": action.payment_hash})["payments"]
         done = next((p for p in parts if p.get("status") == "complete"
                      and p.get("payment_preimage")), None)
         if done is not None:
             with self.lock:  # paid already, whoever sent it: resolve, never send again
                 return self.relay.attempt_succeeded(action.payment_hash, done["payment_preimage"])
-        pending = [p.get("partid", 0) for p in parts if p.get("status") == "pending"]
+        pending = [p.get("partid", 0) for p in parts if p.get("status") == "pending"
+                   and p.get("partid", 0) not in action.lost_partids]
         if pending:
             with self.lock:  # one live attempt per hash: settle that one first
                 return self.relay.adopt_attempt(action.payment_hash, action.partid, max(pending))
@@ -421,16 +440,10 @@ class Node:
                                                f"part {action.partid} is taken in lightningd",
                                                used_partid=free_partid - 1)
         try:
-            if action.onion is None:
-                result = self.rpc.call("sendpay", {
-                    "route": list(action.route), "payment_hash": action.payment_hash,
-                    "payment_secret": action.payment_secret, "amount_msat": action.total_msat,
-                    "partid": action.partid, "groupid": groupid, "label": "asyncln-relay"})
-            else:
-                result = self.send_to_holder(action, info["blockheight"] + 1, groupid)
+            result = self.send_onion(action, height + 1, groupid)
         except RpcError as e:
             # Believe lightningd's records, not the error.
-            self.log(f"sendpay for {action.payment_hash} answered: {rpc_message(e)}", level="info")
+            self.log(f"sendonion for {action.payment_hash} answered: {rpc_message(e)}", level="info")
             return [hold.CheckAttempt(action.payment_hash, action.partid)]
         self.log(f"forwarding held payment {action.payment_hash} (part {action.partid})")
         if result.get("status") == "complete":
@@ -438,15 +451,25 @@ class Node:
                 return self.relay.attempt_succeeded(action.payment_hash, result["payment_preimage"])
         return []
 
-    def send_to_holder(self, action: hold.SendPay, base: int, groupid: int) -> dict:
-        """Version 2: the next holder gets the rest of the asyncln onion in its final-hop payload.
+    def send_onion(self, action: hold.SendPay, base: int, groupid: int) -> dict:
+        """Our own onion, sent with ``sendonion``: a next holder (version 2) gets the rest of
+        the asyncln onion in its final-hop payload, a recipient its payment data and the
+        payer's ``final_tlvs``.
 
+        Never ``sendpay``, and no ``total_amount_msat``: lightningd then takes a new
+        part in the group of a part a crash left pending with no HTLC (CLN #3916),
+        where ``sendpay`` refuses "Already have X of X payments in progress".
         ``base`` is the height sendonion counts the first hop's delay from
-        (getinfo's + 1, read just before, as ``max_height`` was checked).
+        (lightningd's tip + 1, read just before, as ``max_height`` was checked).
         """
         route, last = list(action.route), action.route[-1]
-        payload = onion.final_payload(last["amount_msat"], base + last["delay"],
-                                      bytes.fromhex(action.onion))
+        if action.onion is None:
+            payload = onion.recipient_payload(last["amount_msat"], base + last["delay"],
+                                              action.payment_secret, action.total_msat,
+                                              action.final_tlvs)
+        else:
+            payload = onion.final_payload(last["amount_msat"], base + last["delay"],
+                                          bytes.fromhex(action.onion))
         made = self.rpc.call("createonion", {"hops": onion.route_hops(route, base, payload),
                                              "assocdata": action.payment_hash})
         # Kept by us, not given to lightningd: it then keeps the reply undecoded, in
@@ -460,8 +483,8 @@ class Node:
             "onion": made["onion"], "payment_hash": action.payment_hash,
             "first_hop": {"id": route[0]["id"], "amount_msat": route[0]["amount_msat"],
                           "delay": route[0]["delay"]},
-            "partid": action.partid, "groupid": groupid, "label": "asyncln-relay", "amount_msat": last["amount_msat"],
-            "destination": last["id"]})
+            "partid": action.partid, "groupid": groupid, "label": "asyncln-relay",
+            "amount_msat": last["amount_msat"], "destination": last["id"]})
 
     def check_attempt(self, payment_hash: str, partid: int) -> List[hold.Action]:
         parts = self.rpc.call("listsendpays", {"payment_hash": payment_hash})["payments"]
@@ -689,11 +712,30 @@ class Node:
         self.submit(job, urgent=True)  # deadlines ride on it: ahead of informative work
 
     def check_chain(self, hint: int = 0) -> None:
-        """Feed the relay lightningd's height and sync state (getinfo), never a stale guess."""
-        info = self.rpc.getinfo()
+        """Feed the relay lightningd's height and sync state, never a stale guess."""
+        self._last_chain = time.monotonic()
+        height, in_sync = self.chain_state()
         with self.lock:
-            actions = self.relay.chain(max(info["blockheight"], hint), synced(info))
+            actions = self.relay.chain(max(height, hint), in_sync)
         self.run(actions)
+
+    def chain_state(self):
+        """(lightningd's tip, whether it is bitcoind's tip): see :func:`synced`.
+
+        ``getchaininfo`` is the Bitcoin backend's method (bcli's), which lightningd
+        serves over its RPC; it is asked first, so a block arriving meanwhile can
+        only make lightningd look ahead of the header count read. The tip is
+        ``waitblockheight 0``'s answer: lightningd's processed height, which its
+        expiries count from. getinfo's ``blockheight`` is gossipd's, a little later.
+        """
+        try:
+            chain = self.rpc.call("getchaininfo", {"last_height": 0})
+        except RpcError as e:
+            self.log(f"getchaininfo failed: {rpc_message(e)}; no attempts until it answers",
+                     level="warn")
+            chain = None
+        tip = int(self.rpc.call("waitblockheight", {"blockheight": 0, "timeout": 0})["blockheight"])
+        return tip, synced(tip, chain, self.rpc.getinfo())
 
     def reconcile(self) -> None:
         """Re-issue what is owed; settle open payments from lightningd's own records."""
@@ -1138,6 +1180,8 @@ def held_json(h: hold.HeldPayment) -> dict:
         out["incoming_peer"] = h.incoming.peer
     if h.last_error:
         out["last_error"] = h.last_error
+    if h.lost_partids:
+        out["lost_partids"] = list(h.lost_partids)
     if h.payer:
         out["payer"] = h.payer
     return out

@@ -18,7 +18,8 @@ from typing import List, Optional, Sequence, Tuple
 from . import sphinx
 from .keys import public_key, secret_key  # noqa: F401 (the holder's key: ONION_KEY_LABEL)
 from .layer import Layer
-from .record import RECORD_TYPE
+from .record import (AMT_TO_FORWARD, OUTGOING_CLTV_VALUE, PAYMENT_DATA, RECORD_TYPE, FinalTlvs,
+                     check_final_tlvs)
 from .wire import encode_bigsize, encode_tlv_stream, encode_tu, find_tlv
 
 ONION_TLV = RECORD_TYPE + 2   # 66103: odd, as lightningd hands unknown odd final-hop TLVs to the hook
@@ -88,6 +89,24 @@ def final_payload(amt_to_forward: int, outgoing_cltv_value: int, packet: bytes) 
     """A holder's whole final-hop payload, length-prefixed as ``createonion`` wants it."""
     stream = encode_tlv_stream({2: encode_tu(amt_to_forward), 4: encode_tu(outgoing_cltv_value),
                                 ONION_TLV: packet})
+    return encode_bigsize(len(stream)) + stream
+
+
+def recipient_payload(amt_to_forward: int, outgoing_cltv_value: int, payment_secret: str,
+                      total_msat: int, final_tlvs: FinalTlvs = ()) -> bytes:
+    """The recipient's BOLT 4 final-hop payload, length-prefixed, as ``createonion`` wants it.
+
+    What ``sendpay`` would build (amount, expiry, payment_data), plus the odd
+    ``final_tlvs`` the payer asked us to carry. A holder builds it itself so
+    that every attempt goes by ``sendonion``, which lightningd accepts beside
+    a part a crash left pending (docs/PROTOCOL.md, "Outgoing attempts").
+    """
+    check_final_tlvs(final_tlvs)
+    stream = encode_tlv_stream({
+        AMT_TO_FORWARD: encode_tu(amt_to_forward),
+        OUTGOING_CLTV_VALUE: encode_tu(outgoing_cltv_value),
+        PAYMENT_DATA: bytes.fromhex(payment_secret) + encode_tu(total_msat),
+        **dict(final_tlvs)})
     return encode_bigsize(len(stream)) + stream
 
 

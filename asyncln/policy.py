@@ -9,6 +9,7 @@ OPTIONS = {
     "asyncln-poll-blocks": ("poll_blocks", 1),
     "asyncln-max-hold-blocks": ("max_hold_blocks", 1),
     "asyncln-safety-blocks": ("safety_blocks", 1),
+    "asyncln-spare-blocks": ("spare_blocks", 0),
     "asyncln-fee-base-msat": ("fee_base_msat", 0),
     "asyncln-fee-ppm": ("fee_ppm", 0),
     "asyncln-max-held": ("max_held", 0),
@@ -34,6 +35,10 @@ class Policy:
     max_held_per_peer: int = 20
     max_held_msat_per_peer: int = 250_000_000
     accept_clear: bool = True       # take version-1 records, readable by every hop's holder
+    # CLTV blocks given to the next node above its final CLTV, within our budget, as
+    # payers add shadow blocks: a recipient that fulfils and then restarts must not pass
+    # its own deadline (cltv_expiry - ceil(cltv_expiry_delta / 2)) before it reconnects.
+    spare_blocks: int = 36
     # Announced in INFO, set by the shell: the asyncln onion key and its node-key signature.
     onion_key: Optional[str] = None
     onion_key_sig: Optional[str] = None

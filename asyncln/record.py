@@ -8,6 +8,8 @@ node. docs/PROTOCOL.md describes every field and why each type is odd or even.
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
+FinalTlvs = Tuple[Tuple[int, bytes], ...]
+
 from .wire import (
     DecodeError,
     decode_tlv_stream,
@@ -24,6 +26,7 @@ RECORD_VERSION = 1
 
 AMT_TO_FORWARD = 2
 OUTGOING_CLTV_VALUE = 4
+PAYMENT_DATA = 8          # BOLT 4: payment_secret, then total_msat (tu64)
 
 # Inner TLV types of the record.
 PLEASE_POLL = 1
@@ -109,6 +112,13 @@ class TrampolineRecord:
     # Version 2 only, never on the wire in this form: the asyncln onion packet
     # (hex) for the next holder, which ``next_node`` then names.
     next_onion: Optional[str] = None
+    # Extra odd TLVs for the recipient's final-hop payload, (type, value) by
+    # rising type, which the last holder carries unread (e.g. the payer's
+    # amount commitment). Never on the record's wire form.
+    final_tlvs: FinalTlvs = ()
+
+    def __post_init__(self):
+        check_final_tlvs(self.final_tlvs)
 
     def encode(self) -> bytes:
         inner = {
@@ -166,13 +176,30 @@ class TrampolineRecord:
         )
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["final_tlvs"] = [[tlv_type, value.hex()] for tlv_type, value in self.final_tlvs]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "TrampolineRecord":
+        """Records saved before ``final_tlvs`` existed load with none."""
         hints = tuple(tuple(HintHop(**hop) for hop in route)
                       for route in data.get("route_hints", ()))
-        return cls(**{**data, "route_hints": hints})
+        tlvs = tuple((int(tlv_type), bytes.fromhex(value))
+                     for tlv_type, value in data.get("final_tlvs", ()))
+        return cls(**{**data, "route_hints": hints, "final_tlvs": tlvs})
+
+
+def check_final_tlvs(tlvs: FinalTlvs) -> None:
+    """ValueError unless every type is odd (the recipient may ignore it) and above
+    BOLT 4's payment fields (2, 4, 8), with types rising, so the recipient's
+    payload stays a valid TLV stream."""
+    last = PAYMENT_DATA
+    for tlv_type, value in tlvs:
+        if not isinstance(value, bytes) or tlv_type % 2 == 0 or tlv_type <= last:
+            raise ValueError(f"final TLV {tlv_type}: types must be odd, above 8 and rising, "
+                             "values bytes")
+        last = tlv_type
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ class ScriptedRpc:
         self.calls = []
         self.handlers = {
             "getinfo": lambda p: {"id": NODE_ID, "blockheight": self.blockheight},
+            "getchaininfo": lambda p: {"chain": "regtest", "headercount": self.blockheight,
+                                       "blockcount": self.blockheight, "ibd": False},
+            "waitblockheight": lambda p: {"blockheight": self.blockheight},
             "listdatastore": self._listdatastore,
             "datastore": self._datastore,
             "deldatastore": lambda p: self.datastore.pop(tuple(p["key"]), None) and {},

@@ -1,5 +1,8 @@
 """Wire primitives, the onion record and failure encodings (custom messages: test_messages.py)."""
 
+import json
+from dataclasses import replace
+
 import pytest
 from factories import node_id, record
 
@@ -115,3 +118,25 @@ def test_failure_encodings():
         "201a" + "000003e8" + "00000064" + "0096"
     assert failures.unknown_next_trampoline() == "401b"
     assert failures.temporary_trampoline_failure() == "2019"
+
+
+def test_final_tlvs_survive_a_restart_and_old_records_load_without_them():
+    """Issue 11.7: the odd TLVs a last holder carries to the recipient are in its saved record."""
+    from factories import PAYMENT_HASH, incoming
+    from asyncln.hold import HeldPayment
+    rec = replace(record(), final_tlvs=((66105, b"\x00commit"),))
+    held = HeldPayment(PAYMENT_HASH, incoming(), rec, 1000, 1100, 1000, lost_partids=(1, 3))
+    again = HeldPayment.from_json(json.loads(json.dumps(held.to_json())))
+    assert again == held and again.record.final_tlvs == ((66105, b"\x00commit"),)
+    old = held.to_json()
+    del old["record"]["final_tlvs"], old["lost_partids"]       # saved by an earlier version
+    loaded = HeldPayment.from_json(json.loads(json.dumps(old)))
+    assert loaded.record.final_tlvs == () and loaded.lost_partids == ()
+    assert rec.encode() == record().encode()                    # never on the record's wire form
+
+
+@pytest.mark.parametrize("tlvs", [((66104, b"x"),), ((8, b"x"),), ((3, b"x"),),
+                                  ((66107, b"x"), (66105, b"y")), ((66105, "x"),)])
+def test_final_tlvs_must_be_odd_custom_and_rising(tlvs):
+    with pytest.raises(ValueError):
+        replace(record(), final_tlvs=tlvs)

@@ -645,11 +645,13 @@ def test_sendpay_carries_the_highest_height_to_send_at(route):
     relay = hold.Relay(POLICY, 1000)
     arrive(relay)
     send = of(hold.SendPay, relay.route_found(PAYMENT_HASH, route))[0]
-    assert send.max_height == 1500 - POLICY.safety_blocks - route[0]["delay"] - 1
-    assert send.partid == 1 and send.route == tuple(route)
+    assert send.max_height == 1500 - POLICY.safety_blocks - send.route[0]["delay"] - 1
+    spare = send.route[0]["delay"] - route[0]["delay"]  # shadow blocks: every hop alike
+    assert send.partid == 1 and send.route == tuple({**hop, "delay": hop["delay"] + spare}
+                                                    for hop in route)
     assert send.payment_secret == "22" * 32 and send.total_msat == 100_000
     # sent from max_height, the HTLC's expiry (height + 1 + delay) keeps the safety margin
-    assert send.max_height + 1 + route[0]["delay"] + POLICY.safety_blocks == 1500
+    assert send.max_height + 1 + send.route[0]["delay"] + POLICY.safety_blocks == 1500
     assert send.max_height >= relay.height + 1
 
 

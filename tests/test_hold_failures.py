@@ -203,7 +203,8 @@ class ShellMachine(RuleBasedStateMachine):
                 assert held.state == expected, "an HTLC would get another decision's answer"
 
     def send(self, action):
-        """node.send_attempt: may_send, lightningd's height and sync, then sendpay."""
+        """node.send_attempt: may_send, lightningd's height and sync, a part lightningd
+        completed or still has pending (unless judged lost), then sendonion."""
         relay = self.relay
         if not relay.may_send(action.payment_hash, action.partid):
             return []
@@ -212,6 +213,14 @@ class ShellMachine(RuleBasedStateMachine):
         if self.height + 1 > action.max_height:
             return relay.send_refused(action.payment_hash, action.partid, "too high")
         parts = self.parts[action.payment_hash]
+        done = [p for p in parts.values() if p.status == "complete"]
+        if done:
+            return relay.attempt_succeeded(action.payment_hash,
+                                           PREIMAGES[HASHES.index(action.payment_hash)].hex())
+        pending = [i for i, p in parts.items()
+                   if p.status == "pending" and i not in action.lost_partids]
+        if pending:
+            return relay.adopt_attempt(action.payment_hash, action.partid, max(pending))
         if parts and action.partid <= max(parts):
             return relay.send_refused(action.payment_hash, action.partid, "part taken",
                                       used_partid=max(parts))
@@ -221,11 +230,11 @@ class ShellMachine(RuleBasedStateMachine):
         return []
 
     def lightningd_takes(self, action):
-        """sendpay refuses a hash with a complete part, a pending one (even a lost one:
-        "Already have X of X in progress") or a used partid."""
+        """sendonion without total_amount_msat refuses a hash with a complete part or a
+        used partid; beside a pending part (a lost one too) it takes a new one."""
         parts = self.parts[action.payment_hash]
         return not (action.partid in parts
-                    or any(p.status in ("complete", "pending") for p in parts.values()))
+                    or any(p.status == "complete" for p in parts.values()))
 
     def add_part(self, action):
         parts = self.parts[action.payment_hash]

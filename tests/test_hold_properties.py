@@ -38,12 +38,15 @@ class RelayMachine(RuleBasedStateMachine):
     @initialize(poll=st.integers(1, 10), max_hold=st.integers(1, 200), safety=st.integers(1, 60),
                 base=st.integers(0, 2000), ppm=st.integers(0, 5000), max_held=st.integers(1, 4),
                 min_held=st.sampled_from([0, 10_000, 50_000]), per_peer=st.integers(1, 4),
-                per_peer_msat=st.integers(100_000, 10**9))
-    def start(self, poll, max_hold, safety, base, ppm, max_held, min_held, per_peer, per_peer_msat):
+                per_peer_msat=st.integers(100_000, 10**9), spare=st.integers(0, 400))
+    def start(self, poll, max_hold, safety, base, ppm, max_held, min_held, per_peer, per_peer_msat,
+              spare):
         self.policy = Policy(poll_blocks=poll, max_hold_blocks=max_hold, safety_blocks=safety,
                              fee_base_msat=base, fee_ppm=ppm, max_held=max_held,
                              max_held_msat=10**9, min_held_msat=min_held,
-                             max_held_per_peer=per_peer, max_held_msat_per_peer=per_peer_msat)
+                             max_held_per_peer=per_peer, max_held_msat_per_peer=per_peer_msat,
+                             spare_blocks=spare)
+        self.offered = None        # the route last handed to route_found
         self.relay = hold.Relay(self.policy, 1000)
         self.block_height = 1000   # the highest height a block or chain event brought
         self.queue = []            # emitted actions the "shell" has not carried out yet
@@ -136,6 +139,13 @@ class RelayMachine(RuleBasedStateMachine):
         assert last["id"] == now.record.next_node
         assert last["amount_msat"] == now.record.amount_msat
         assert last["delay"] >= now.record.final_cltv_delta
+        # Spare blocks: the same few more at every hop (each keeps its delta), at most the
+        # option, and fewer only when the incoming HTLC's budget has no more room.
+        spare = first["delay"] - self.offered[0]["delay"]
+        assert [h["delay"] - spare for h in action.route] == [h["delay"] for h in self.offered]
+        assert 0 <= spare <= policy.spare_blocks
+        assert spare == policy.spare_blocks or (
+            first["delay"] + policy.safety_blocks + hold.HEIGHT_SLACK + relay.height == cltv_expiry)
         assert action.payment_secret == now.record.payment_secret
         assert action.total_msat == now.record.total_msat == now.record.amount_msat
 
@@ -186,6 +196,7 @@ class RelayMachine(RuleBasedStateMachine):
         held = self.relay.held.get(payment_hash)
         if held is not None:
             route = direct_route(held.record)
+            self.offered = route
             self.step(lambda: self.relay.route_found(payment_hash, route))
 
     def hook(self, payment_hash, inc, rec, tip):
@@ -285,6 +296,7 @@ class RelayMachine(RuleBasedStateMachine):
             route = [{"id": HOP, "channel": "1x1x1",
                       "amount_msat": held.record.amount_msat + fee,
                       "delay": route[0]["delay"] + 6}] + route
+        self.offered = route
         self.step(lambda: self.relay.route_found(HASHES[i], route))
 
     def searched_hash(self):

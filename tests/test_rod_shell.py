@@ -88,6 +88,13 @@ class FakeLightningd:
     def _getinfo(self, params):
         return {"id": self.id, "blockheight": self.height}
 
+    def _waitblockheight(self, params):
+        return {"blockheight": self.height}
+
+    def _getchaininfo(self, params):
+        return {"chain": "regtest", "headercount": self.height, "blockcount": self.height,
+                "ibd": False}
+
     def _listdatastore(self, params):
         prefix = tuple(params.get("key", []))
         return {"datastore": [{"key": list(k), "string": v} for k, v in sorted(self.datastore.items())
