@@ -622,7 +622,8 @@ def test_a_replay_with_an_attempt_in_flight_survives_a_peel_that_raises(tmp_path
         "getroutes": lambda p: {"routes": [{"path": [{
             "node_id_out": p["destination"], "short_channel_id_dir": "105x1x0/0",
             "amount_out_msat": p["amount_msat"], "cltv_out": p["final_cltv"]}]}]},
-        "sendpay": lambda p: parts.append(p) or {"status": "pending"},
+        "createonion": lambda p: {"onion": "00" * 1366, "shared_secrets": ["33" * 32]},
+        "sendonion": lambda p: parts.append(p) or {"status": "pending"},
         "listsendpays": lambda p: {"payments": [{"partid": q["partid"], "groupid": q["groupid"],
                                                  "status": "pending"} for q in parts]},
     })
