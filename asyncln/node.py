@@ -106,7 +106,10 @@ class Node:
         self._queued: Dict[tuple, int] = {}  # (peer, kind) -> jobs queued, at most QUEUED_PER_PEER
         self._last_tick = self._last_reconcile = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
-        self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
+        fetched = self.store.load("fetched")
+        self.fetched = {h: v.get("rod") for h, v in fetched.items()}
+        # ...and the recipient's note key from its code: we commit to the amount with it
+        self.commit_keys = {h: v["note_key"] for h, v in fetched.items() if v.get("note_key")}
         self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
 
@@ -427,7 +430,8 @@ class Node:
 
     def htlc_accepted(self, hook_onion: dict, htlc: dict, peer_id: Optional[str], request) -> None:
         if not carries_record(hook_onion):
-            request.set_result(CONTINUE)  # not ours: never wait for the lock a poll round holds
+            # not ours to hold: never wait for the lock a poll round holds
+            request.set_result(self.rods.as_recipient(hook_onion, htlc))
             return
         payload = bytes.fromhex(hook_onion["payload"])
         incoming = incoming_from_hook(htlc, hook_onion, peer_id)
@@ -601,10 +605,12 @@ class Node:
     def connected_peers(self) -> set:
         return {p["id"] for p in self.rpc.call("listpeers")["peers"] if p.get("connected")}
 
-    def remember_fetched(self, payment_hash: str, rod: str) -> None:
+    def remember_fetched(self, payment_hash: str, rod: str, note_key: str) -> None:
         with self.lock:
             self.fetched[payment_hash] = rod
-        self.store.put("fetched", payment_hash, {"fetched_at": int(time.time()), "rod": rod})
+            self.commit_keys[payment_hash] = note_key
+        self.store.put("fetched", payment_hash, {"fetched_at": int(time.time()), "rod": rod,
+                                                 "note_key": note_key})
 
     def asyncln_peers(self) -> List[str]:
         return [p["id"] for p in self.rpc.call("listpeers")["peers"]
@@ -686,6 +692,7 @@ class Node:
                 raise AsynclnError(f"cannot decode invstring: {rpc_message(e)}",
                                    Code.INVOICE_UNUSABLE)
             invoice = payer.check_invoice(decoded, now, invstring, amount)
+        invoice = payer.committed(invoice, self.commit_keys.get(invoice.payment_hash))
         with self.lock:
             existing = self.pays.get(invoice.payment_hash)
             payer.may_pay_again(existing)

@@ -1,9 +1,12 @@
 """Wire primitives, the onion record and failure encodings (custom messages: test_messages.py)."""
 
+import json
+from dataclasses import replace
+
 import pytest
 from factories import node_id, record
 
-from asyncln import failures
+from asyncln import commitment, failures
 from asyncln.record import FinalPayload, TrampolineRecord, find_record
 from asyncln.wire import (
     DecodeError,
@@ -66,6 +69,20 @@ def test_record_roundtrip_and_payload_lookup():
     assert decode_tu(stream[2], 8) == 110_000
 
 
+def test_a_clear_record_carries_the_amount_commitment_as_even_type_16():
+    """Version 1 too: a payer paying a deposited invoice through a holder without an onion key."""
+    blob = bytes(range(commitment.SEALED_BYTES))
+    rec = replace(record(), final_tlvs=((commitment.FINAL_TLV, blob),))
+    fields = decode_tlv_stream(rec.encode()[1:], range(0, 18, 2))
+    assert fields[16] == blob
+    assert TrampolineRecord.decode(rec.encode()) == rec
+    assert TrampolineRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
+    assert TrampolineRecord.from_json(record().to_json()) == record()
+    short = b"\x01" + encode_tlv_stream({**fields, 16: blob[:-1]})
+    with pytest.raises(DecodeError, match="amount commitment"):
+        TrampolineRecord.decode(short)
+
+
 def test_payload_without_record_and_cln_fact_payload():
     # The payload lightningd showed in CLN-FACTS: amt 2, cltv 4 and odd type 65537.
     assert find_record(bytes.fromhex("0f02020102040203e8fe000100010101")) is None
@@ -115,3 +132,6 @@ def test_failure_encodings():
         "201a" + "000003e8" + "00000064" + "0096"
     assert failures.unknown_next_trampoline() == "401b"
     assert failures.temporary_trampoline_failure() == "2019"
+    # BOLT 4: PERM|15 with u64 htlc_msat and u32 height, as lightningd answers a wrong invoice
+    assert failures.incorrect_or_unknown_payment_details(5, 1000) == \
+        "400f" + "0000000000000005" + "000003e8"
