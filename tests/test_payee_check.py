@@ -1,10 +1,13 @@
 """B's acceptance rule for its deposited amountless invoices: the payer's commitment or nothing."""
 
 import pytest
+from factories import node_id
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncln import commitment, note
+from asyncln import commitment, note, onion, payee, payer, peel
+from asyncln.hold import Incoming
+from asyncln.policy import Policy
 from asyncln.payee_check import refusal
 from asyncln.wire import encode_bigsize, encode_tlv_stream, encode_tu
 
@@ -77,3 +80,21 @@ def test_fuzz_never_raises_and_takes_only_an_opened_commitment(raw, received):
     """Arbitrary bytes in the payload or the TLV: a refusal, never an exception, never a take."""
     for candidate in (raw.hex(), payload(raw)):
         assert refusal(candidate, HASH, received, SECRET) is not None
+
+
+def test_end_to_end_a_private_offer_from_the_payers_plan_to_bs_check():
+    """A (knowing only the code's payee and note keys) -> the Rod peels -> B checks what arrives."""
+    rod_secret, rod_id, b = "11" * 32, node_id(3), node_id(2)
+    tail = payee.tail(onion.public_key(rod_secret), b, HASH, "33" * 32, 18)
+    offer = payee.PrivateOffer(HASH, 2_000_000_000, 18, tail, "00")
+    invoice = payer.committed(payer.private_invoice(offer, node_id(5), 50_000), KEY)
+    layer = payer.tail_layer(invoice, 10, offer.tail)
+    packet, _ = onion.build([(onion.public_key(rod_secret), layer)], HASH)
+    record, _, _ = peel.read(onion.final_payload(60_000, 2000, packet), HASH,
+                             onion.secret_key(rod_secret), rod_id, Policy(),
+                             Incoming("1x1x1", 0, 60_000, 2000), 1000)
+    assert record.next_node == b and record.amount_msat == 50_000
+    [(tlv, blob)] = record.final_tlvs
+    delivered = {tlv: blob}
+    assert refusal(payload(amount=50_000, extra=delivered), HASH, 50_000, SECRET) is None
+    assert refusal(payload(amount=49_999, extra=delivered), HASH, 49_999, SECRET) is not None
