@@ -9,6 +9,10 @@ payment hash. A holder carries the blob to B in B's final-hop payload
 (``FINAL_TLV``) but can neither read nor change it, nor move it to another
 payment; B refuses an HTLC for such an invoice that brings less
 (asyncln/payee_check.py).
+
+Sealing needs only B's public note key: a last holder that knows it (from
+B's payment code) can seal a commitment of its own. docs/PROTOCOL.md
+("Amount commitment") says what this does and does not prove.
 """
 
 from typing import Optional, Tuple
