@@ -107,6 +107,7 @@ class HeldPayment:
         data = asdict(self)
         del data["attached"]
         data["state"] = self.state.value
+        data["record"] = self.record.to_json()  # its final_tlvs' bytes as hex
         return data
 
     @classmethod

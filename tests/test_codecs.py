@@ -4,9 +4,10 @@ import json
 from dataclasses import replace
 
 import pytest
-from factories import node_id, record
+from factories import PAYMENT_HASH, incoming, node_id, record
 
 from asyncln import commitment, failures
+from asyncln.hold import HeldPayment
 from asyncln.record import FinalPayload, TrampolineRecord, find_record
 from asyncln.wire import (
     DecodeError,
@@ -78,6 +79,8 @@ def test_a_clear_record_carries_the_amount_commitment_as_even_type_16():
     assert TrampolineRecord.decode(rec.encode()) == rec
     assert TrampolineRecord.from_json(json.loads(json.dumps(rec.to_json()))) == rec
     assert TrampolineRecord.from_json(record().to_json()) == record()
+    held = HeldPayment(PAYMENT_HASH, incoming(), rec, 1000, 1100, 1000)  # as the holder saves it
+    assert HeldPayment.from_json(json.loads(json.dumps(held.to_json()))) == held
     short = b"\x01" + encode_tlv_stream({**fields, 16: blob[:-1]})
     with pytest.raises(DecodeError, match="amount commitment"):
         TrampolineRecord.decode(short)
