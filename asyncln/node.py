@@ -540,7 +540,8 @@ class Node:
         with self.lock:
             actions = self.relay.attempt_failed(payment_hash, partid, error,
                                                 data.get("erring_node") if permanent else None,
-                                                holder_failure)
+                                                holder_failure,
+                                                data.get("erring_index") if permanent else None)
             pay = self.pays.get(payment_hash)
             updated = pay and payer.on_failure(pay, partid, groupid, data.get("failcode"),
                                                data.get("erring_index"), message)

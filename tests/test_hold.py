@@ -206,6 +206,20 @@ def test_recipient_refusal_fails_back_at_once():
     assert actions[-1] == fail_back("recipient refused the payment: unknown payment")
 
 
+def test_a_recipient_refusal_named_only_by_its_index_fails_back_at_once():
+    """sendonion's failures name no node: the route's last hop (erring_index = hops) is the
+    recipient, as when B refuses a short-paid amount commitment (issue 11.6)."""
+    relay = forwarding_relay()
+    hops = relay.held[PAYMENT_HASH].hops
+    relay.attempt_failed(PAYMENT_HASH, 1, "unknown payment", refused_at=hops - 1)
+    assert relay.held[PAYMENT_HASH].state == HoldState.HELD  # an intermediate: keep holding
+    relay.block(1012)
+    relay.route_found(PAYMENT_HASH, direct_route(record()))
+    actions = relay.attempt_failed(PAYMENT_HASH, 2, "unknown payment",
+                                   refused_at=relay.held[PAYMENT_HASH].hops)
+    assert actions[-1] == fail_back("recipient refused the payment: unknown payment")
+
+
 def test_without_please_poll_one_attempt_only():
     relay = hold.Relay(POLICY, 1000)
     arrive(relay, rec=record(please_poll=False))
