@@ -476,8 +476,8 @@ class Relay:
         is the recipient itself (say, an unknown payment secret), waiting for
         it to come back cannot help, so the HTLC is failed back at once.
         ``refused_at`` is that failure's erring_index, for a ``sendonion``
-        attempt, whose failures name no node: the route's last hop is the
-        recipient when the record delivers to it.
+        attempt, whose failures name no node: the route's last hop
+        (``hops``) is the next node.
         ``holder_failure`` is (erring_index, failure message) of a trampoline
         failure (bolts #836): when it comes from the next holder itself (the
         end of the route) it gave up, or wants more fee or CLTV, and we pass
@@ -492,9 +492,8 @@ class Relay:
                 and holder_failure[0] == held.hops):
             held = self._put(held, state=HoldState.HELD)
             return self._fail(held, error, holder_failure[1])
-        at_recipient = (refused_at is not None and refused_at == held.hops
-                        and held.record.next_onion is None)
-        if refused_by == held.record.next_node or at_recipient:
+        if refused_by == held.record.next_node or (refused_at is not None
+                                                   and refused_at == held.hops):
             held = self._put(held, state=HoldState.HELD)
             return self._fail(held, f"recipient refused the payment: {error}")
         return self._attempt_failed(held, error)
