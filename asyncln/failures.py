@@ -13,6 +13,7 @@ PERM = 0x4000
 
 TEMPORARY_NODE_FAILURE = NODE | 2
 INVALID_ONION_PAYLOAD = PERM | 22
+INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS = PERM | 15
 FINAL_INCORRECT_CLTV_EXPIRY = 18
 FINAL_INCORRECT_HTLC_AMOUNT = 19
 # bolts PR #836 (trampoline) numbers.
@@ -59,3 +60,8 @@ def unknown_next_trampoline() -> str:
 
 def temporary_trampoline_failure() -> str:
     return struct.pack(">H", TEMPORARY_TRAMPOLINE_FAILURE).hex()
+
+
+def incorrect_or_unknown_payment_details(htlc_msat: int, height: int) -> str:
+    """BOLT 4's answer to a payment the recipient will not take, as lightningd's own invoices give it."""
+    return struct.pack(">HQI", INCORRECT_OR_UNKNOWN_PAYMENT_DETAILS, htlc_msat, height).hex()

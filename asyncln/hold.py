@@ -527,6 +527,8 @@ class Relay:
         ``refused_by`` names the node that sent a permanent failure; when that
         is the recipient itself (say, an unknown payment secret), waiting for
         it to come back cannot help, so the HTLC is failed back at once.
+        (For a ``sendonion`` attempt, whose failures name no node, the shell
+        names the route's destination when the last hop failed: onion_failure.)
         ``holder_failure`` is (erring_index, failure message) of a trampoline
         failure (bolts #836): when it comes from the next holder itself (the
         end of the route) it gave up, or wants more fee or CLTV, and we pass

@@ -14,6 +14,7 @@ even: anything that decides where money goes or for how long is even.
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from . import commitment
 from .record import HintHop, TrampolineRecord, decode_hints, encode_hints
 from .wire import DecodeError, decode_tlv_stream, decode_tu, encode_tlv_stream, encode_tu, is_point
 
@@ -23,11 +24,12 @@ PAYMENT_DATA = 8
 MAX_HOLD_BLOCKS = 10
 ROUTE_HINTS = 12
 OUTGOING_NODE_ID = 14
+AMOUNT_COMMITMENT = commitment.LAYER_TLV  # 16
 INNER_ONION = 20
 PLEASE_POLL = 1
 REPORT_TO = 11
 _KNOWN_EVEN = (AMT_TO_FORWARD, OUTGOING_CLTV_DELTA, PAYMENT_DATA, MAX_HOLD_BLOCKS, ROUTE_HINTS,
-               OUTGOING_NODE_ID, INNER_ONION)
+               OUTGOING_NODE_ID, AMOUNT_COMMITMENT, INNER_ONION)
 _SECRET_BYTES = 32
 
 
@@ -51,6 +53,9 @@ class Layer:
     route_hints: Tuple[Tuple[HintHop, ...], ...] = ()
     report_to: Optional[str] = None        # the payer; first holder only
     inner_onion: Optional[bytes] = None
+    # The payer's amount sealed for the recipient (asyncln/commitment.py), last holder only:
+    # it delivers the bytes unread, in the recipient's final-hop payload.
+    amount_commitment: Optional[bytes] = None
 
     def __post_init__(self):
         """Relations between fields, checked once for the payer's layers and the decoder's."""
@@ -66,6 +71,11 @@ class Layer:
             raise ValueError("total_msat is below amt_to_forward")
         if self.payment_secret is not None and self.outgoing_node_id is None:
             raise ValueError("payment_data without outgoing_node_id: no recipient to pay")
+        if self.amount_commitment is not None:
+            if self.payment_secret is None and self.inner_onion is None:
+                raise ValueError("an amount commitment rides only in the last holder's layer")
+            if len(self.amount_commitment) != commitment.SEALED_BYTES:
+                raise ValueError(f"an amount commitment is {commitment.SEALED_BYTES} bytes")
 
     @property
     def is_final(self) -> bool:
@@ -88,6 +98,8 @@ class Layer:
             fields[ROUTE_HINTS] = encode_hints(self.route_hints)
         if self.report_to is not None:
             fields[REPORT_TO] = bytes.fromhex(self.report_to)
+        if self.amount_commitment is not None:
+            fields[AMOUNT_COMMITMENT] = self.amount_commitment
         if self.inner_onion is not None:
             fields[INNER_ONION] = self.inner_onion
         return encode_tlv_stream(fields)
@@ -120,6 +132,7 @@ class Layer:
             route_hints=decode_hints(fields[ROUTE_HINTS]) if ROUTE_HINTS in fields else (),
             report_to=_point(fields, REPORT_TO),
             inner_onion=fields.get(INNER_ONION),
+            amount_commitment=fields.get(AMOUNT_COMMITMENT),
         )
         try:
             return cls(**values)
@@ -135,7 +148,7 @@ class Layer:
             final_cltv_delta=self.outgoing_cltv_delta, payment_secret=self.payment_secret,
             total_msat=self.total_msat, please_poll=self.please_poll,
             max_hold_blocks=self.max_hold_blocks, report_to=self.report_to,
-            route_hints=self.route_hints)
+            route_hints=self.route_hints, final_tlvs=commitment.final_tlvs(self.amount_commitment))
 
 
 def _point(fields: dict, tlv_type: int) -> Optional[str]:

@@ -167,7 +167,10 @@ class Node:
         self._queued: Dict[tuple, int] = {}  # (peer, kind) -> jobs queued, at most QUEUED_PER_PEER
         self._last_tick = self._last_reconcile = self._last_chain = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
-        self.fetched = {h: v.get("rod") for h, v in self.store.load("fetched").items()}
+        fetched = self.store.load("fetched")
+        self.fetched = {h: v.get("rod") for h, v in fetched.items()}
+        # ...and the recipient's note key from its code: we commit to the amount with it
+        self.commit_keys = {h: v["note_key"] for h, v in fetched.items() if v.get("note_key")}
         # hash -> the shared secrets of our attempt's onion to a next holder (onion_failure)
         self.onion_secrets = self.store.load("secrets")
         self.onion_secret, self.announced = self._onion_key(policy)
@@ -606,7 +609,8 @@ class Node:
         # Replays first, before any parsing or crypto: a dict lookup, no lock for
         # the plain HTLCs that are not ours.
         if payment_hash not in self.relay.held and not carries_record(hook_onion):
-            request.set_result(CONTINUE)
+            # Not ours to hold: as the recipient, check the payer's amount commitment.
+            request.set_result(self.rods.as_recipient(hook_onion, htlc))
             return
         channel_id = self.channels.get(htlc["short_channel_id"])
         if channel_id is None and not refreshed:
@@ -853,10 +857,12 @@ class Node:
     def connected_peers(self) -> set:
         return {p["id"] for p in self.rpc.call("listpeers")["peers"] if p.get("connected")}
 
-    def remember_fetched(self, payment_hash: str, rod: str) -> None:
+    def remember_fetched(self, payment_hash: str, rod: str, note_key: str) -> None:
         with self.lock:
             self.fetched[payment_hash] = rod
-        self.store.put("fetched", payment_hash, {"fetched_at": int(time.time()), "rod": rod})
+            self.commit_keys[payment_hash] = note_key
+        self.store.put("fetched", payment_hash, {"fetched_at": int(time.time()), "rod": rod,
+                                                 "note_key": note_key})
 
     def asyncln_peers(self) -> List[str]:
         return [p["id"] for p in self.rpc.call("listpeers")["peers"]
@@ -942,6 +948,7 @@ class Node:
                 raise AsynclnError(f"cannot decode invstring: {rpc_message(e)}",
                                    Code.INVOICE_UNUSABLE)
             invoice = payer.check_invoice(decoded, now, invstring, amount)
+        invoice = payer.committed(invoice, self.commit_keys.get(invoice.payment_hash))
         with self.lock:
             existing = self.pays.get(invoice.payment_hash)
             payer.may_pay_again(existing)

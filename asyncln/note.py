@@ -65,33 +65,49 @@ def seal(text: str, note_key_hex: str, payment_hash: str,
         raise NoteError("note is not valid Unicode text") from None
     if len(plaintext) > MAX_NOTE_BYTES:
         raise NoteError(f"note is {len(plaintext)} bytes, more than {MAX_NOTE_BYTES}")
+    return seal_bytes(plaintext, note_key_hex, _hex(payment_hash, 32, "payment hash"),
+                      ephemeral_secret)
+
+
+def seal_bytes(plaintext: bytes, note_key_hex: str, associated_data: bytes,
+               ephemeral_secret: Optional[bytes] = None) -> bytes:
+    """The one sealing construction: ephemeral ECDH to B's note key, then the AEAD.
+
+    Notes and amount commitments (asyncln/commitment.py) share it; each binds
+    its own ``associated_data``, of a different length, so that one can never
+    be opened as the other.
+    """
     note_key = _hex(note_key_hex, 33, "note key")
     if not is_point(note_key):
         raise NoteError("note key is not a valid public key")
-    bound_to = _hex(payment_hash, 32, "payment hash")
     ephemeral = PrivateKey(ephemeral_secret)
     cipher = ChaCha20Poly1305(_key(ephemeral.ecdh(note_key)))
-    return ephemeral.public_key.format() + cipher.encrypt(_NONCE, plaintext, bound_to)
+    return ephemeral.public_key.format() + cipher.encrypt(_NONCE, plaintext, associated_data)
 
 
 def open_note(sealed: bytes, secret_hex: str, payment_hash: str) -> str:
     """B's side: the note's text, or NoteError if it was not sealed to B for this payment."""
     if not SEALED_OVERHEAD <= len(sealed) <= MAX_SEALED_BYTES:
         raise NoteError(f"sealed note must be {SEALED_OVERHEAD} to {MAX_SEALED_BYTES} bytes")
-    ephemeral = sealed[:33]
-    if not is_point(ephemeral):
-        raise NoteError("sealed note's ephemeral key is not a valid public key")
-    bound_to = _hex(payment_hash, 32, "payment hash")
-    key = _key(PrivateKey(note_secret_key(secret_hex)).ecdh(ephemeral))
-    try:
-        plaintext = ChaCha20Poly1305(key).decrypt(_NONCE, sealed[33:], bound_to)
-    except InvalidTag:
-        raise NoteError("note was not sealed to this key for this payment, "
-                        "or was altered") from None
+    plaintext = open_bytes(sealed, secret_hex, _hex(payment_hash, 32, "payment hash"))
     try:
         return plaintext.decode("utf-8")
     except UnicodeDecodeError:
         raise NoteError("note is not UTF-8") from None
+
+
+def open_bytes(sealed: bytes, secret_hex: str, associated_data: bytes) -> bytes:
+    """B's side of :func:`seal_bytes`; NoteError unless sealed to B's key with this data."""
+    if len(sealed) < SEALED_OVERHEAD:
+        raise NoteError(f"sealed data must be at least {SEALED_OVERHEAD} bytes")
+    ephemeral = sealed[:33]
+    if not is_point(ephemeral):
+        raise NoteError("sealed data's ephemeral key is not a valid public key")
+    key = _key(PrivateKey(note_secret_key(secret_hex)).ecdh(ephemeral))
+    try:
+        return ChaCha20Poly1305(key).decrypt(_NONCE, sealed[33:], associated_data)
+    except InvalidTag:
+        raise NoteError("not sealed to this key for this payment, or altered") from None
 
 
 def _key(shared_secret: bytes) -> bytes:

@@ -20,7 +20,7 @@ from .code import deposit_description
 from .hold import CANCELLED_BY_PAYER
 from .record import MAX_HINT_HOPS, MAX_HINT_ROUTES, FinalPayload, HintHop, TrampolineRecord
 from .states import PAY_MOVES, PAY_OPEN, PayState, move
-from . import chain, onion
+from . import chain, commitment, onion
 from .layer import Layer
 from .onion import forward_payload
 
@@ -88,6 +88,9 @@ class Invoice:
     min_final_cltv_expiry: int
     expires_at: Optional[int] = None  # unix seconds
     route_hints: Tuple[Tuple[HintHop, ...], ...] = ()
+    # Ours, not the invoice's: the amount sealed for the recipient (asyncln/commitment.py),
+    # for an invoice or private offer it deposited at a Rod without an amount.
+    commitment: Optional[bytes] = None
 
 
 def check_invoice(decoded: dict, now: int, bolt11: str = "",
@@ -250,7 +253,23 @@ def final_layer(invoice: Invoice, hold: int, report_to: Optional[str] = None) ->
                  outgoing_cltv_delta=invoice.min_final_cltv_expiry,
                  outgoing_node_id=invoice.destination, please_poll=True, max_hold_blocks=hold,
                  payment_secret=invoice.payment_secret, total_msat=invoice.amount_msat,
-                 route_hints=invoice.route_hints, report_to=report_to)
+                 route_hints=invoice.route_hints, report_to=report_to,
+                 amount_commitment=invoice.commitment)
+
+
+def committed(invoice: Invoice, note_key: Optional[str]) -> Invoice:
+    """The invoice with our amount sealed to the recipient's note key (from its payment code).
+
+    Without a note key (an invoice that did not come from a Rod) nothing is
+    committed: the recipient's own invoice names its amount.
+    """
+    if note_key is None:
+        return invoice
+    try:
+        sealed = commitment.seal(invoice.amount_msat, note_key, invoice.payment_hash)
+    except commitment.CommitmentError as e:
+        raise AsynclnError(f"cannot commit to the amount: {e}", Code.BAD_PARAMETER)
+    return replace(invoice, commitment=sealed)
 
 
 def private_invoice(offer, payee_key: str, amount_msat: Optional[int]) -> Invoice:
@@ -266,7 +285,8 @@ def tail_layer(invoice: Invoice, hold: int, tail: bytes,
     """Our layer for the payee's Rod: the amount and hold, and the payee's sealed tail."""
     return Layer(amt_to_forward=invoice.amount_msat,
                  outgoing_cltv_delta=invoice.min_final_cltv_expiry, outgoing_node_id=None,
-                 please_poll=True, max_hold_blocks=hold, report_to=report_to, inner_onion=tail)
+                 please_poll=True, max_hold_blocks=hold, report_to=report_to, inner_onion=tail,
+                 amount_commitment=invoice.commitment)
 
 
 def chain_layers(invoice: Invoice, first: Tuple[str, Policy], rod: Tuple[str, Policy],
@@ -329,7 +349,7 @@ def plan(invoice: Invoice, path: List[dict], height: int, hold: int,
         final_cltv_delta=invoice.min_final_cltv_expiry,
         payment_secret=invoice.payment_secret, total_msat=invoice.amount_msat,
         please_poll=please_poll, max_hold_blocks=hold, report_to=report_to,
-        route_hints=invoice.route_hints)
+        route_hints=invoice.route_hints, final_tlvs=commitment.final_tlvs(invoice.commitment))
     hops = []
     for hop, onward in zip(path, path[1:]):
         hops.append({"pubkey": hop["node_id_out"],

@@ -63,8 +63,10 @@ def read(payload: bytes, payment_hash: str, secret: Optional[bytes], us: str, po
 def _with_tail(outer: Layer, peeled: Tuple[Layer, Optional[bytes]]) -> Layer:
     """The payer's layer for us, completed by the tail the payee built for us (its Rod).
 
-    The payee names itself and its payment data; the payer sets the amount
-    and how long we hold. The tail must be the last layer and final.
+    The payee names itself and its payment data; the payer sets the amount,
+    how long we hold, and commits to the amount for the payee (a tail's own
+    commitment, if any, is dropped: only the payer's binds what it paid for).
+    The tail must be the last layer and final.
     """
     tail, after = peeled
     if after is not None or not tail.is_final:
@@ -72,7 +74,7 @@ def _with_tail(outer: Layer, peeled: Tuple[Layer, Optional[bytes]]) -> Layer:
     return replace(tail, amt_to_forward=outer.amt_to_forward, total_msat=outer.amt_to_forward,
                    outgoing_cltv_delta=max(tail.outgoing_cltv_delta, outer.outgoing_cltv_delta),
                    please_poll=outer.please_poll, max_hold_blocks=outer.max_hold_blocks,
-                   report_to=outer.report_to)
+                   report_to=outer.report_to, amount_commitment=outer.amount_commitment)
 
 
 def _record(layer: Layer, following: Optional[bytes]) -> TrampolineRecord:

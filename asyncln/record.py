@@ -8,6 +8,7 @@ node. docs/PROTOCOL.md describes every field and why each type is odd or even.
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
 
+from . import commitment
 FinalTlvs = Tuple[Tuple[int, bytes], ...]
 
 from .wire import (
@@ -38,8 +39,9 @@ TOTAL_MSAT = 8
 MAX_HOLD_BLOCKS = 10
 REPORT_TO = 11
 ROUTE_HINTS = 12
+AMOUNT_COMMITMENT = commitment.LAYER_TLV  # 16, as in the onion's layer (asyncln/layer.py)
 _KNOWN_EVEN = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET,
-               TOTAL_MSAT, MAX_HOLD_BLOCKS, ROUTE_HINTS)
+               TOTAL_MSAT, MAX_HOLD_BLOCKS, ROUTE_HINTS, AMOUNT_COMMITMENT)
 _REQUIRED = (NEXT_NODE_ID, AMOUNT_MSAT, FINAL_CLTV_DELTA, PAYMENT_SECRET)
 
 # Route hints: as BOLT 11's `r` field, a hop is 51 bytes. The caps keep the
@@ -114,7 +116,7 @@ class TrampolineRecord:
     next_onion: Optional[str] = None
     # Extra odd TLVs for the recipient's final-hop payload, (type, value) by
     # rising type, which the last holder carries unread (e.g. the payer's
-    # amount commitment). Never on the record's wire form.
+    # amount commitment, which the clear record carries as TLV 16).
     final_tlvs: FinalTlvs = ()
 
     def __post_init__(self):
@@ -136,6 +138,9 @@ class TrampolineRecord:
             inner[REPORT_TO] = bytes.fromhex(self.report_to)
         if self.route_hints:
             inner[ROUTE_HINTS] = encode_hints(self.route_hints)
+        sealed = commitment.from_final_tlvs(self.final_tlvs)
+        if sealed is not None:
+            inner[AMOUNT_COMMITMENT] = sealed
         return bytes([RECORD_VERSION]) + encode_tlv_stream(inner)
 
     @classmethod
@@ -163,6 +168,10 @@ class TrampolineRecord:
         if amount == 0 or total < amount:
             raise DecodeError("amount is zero or exceeds total_msat", RECORD_TYPE)
         max_hold = fields.get(MAX_HOLD_BLOCKS)
+        sealed = fields.get(AMOUNT_COMMITMENT)
+        if sealed is not None and len(sealed) != commitment.SEALED_BYTES:
+            raise DecodeError(f"an amount commitment is {commitment.SEALED_BYTES} bytes",
+                              AMOUNT_COMMITMENT)
         return cls(
             next_node=node.hex(),
             amount_msat=amount,
@@ -173,6 +182,7 @@ class TrampolineRecord:
             max_hold_blocks=None if max_hold is None else decode_tu(max_hold, 4, RECORD_TYPE),
             report_to=None if report_to is None else report_to.hex(),
             route_hints=decode_hints(fields[ROUTE_HINTS]) if ROUTE_HINTS in fields else (),
+            final_tlvs=commitment.final_tlvs(sealed),
         )
 
     def to_json(self) -> dict:

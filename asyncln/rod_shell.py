@@ -17,9 +17,9 @@ from typing import Dict, List, Optional, Tuple
 from pyln.client import RpcError
 
 from . import code as codes
-from . import messages, note, onion, payee, payer, recipient, rod
+from . import failures, messages, note, onion, payee, payee_check, payer, recipient, rod
 from .errors import AsynclnError, Code
-from .lightningd import rpc_message
+from .lightningd import msat, rpc_message
 from .recipient import RecipientConfig
 from .signature import signed_by
 from .wire import DecodeError
@@ -50,6 +50,33 @@ class RodShell:
         self._slots_lock = threading.Lock()
         self._secrets: Dict[str, str] = {}  # makesecret label -> secret
         self.rod_keys: Dict[str, str] = {}  # Rod -> onion key, vouched for by the Rod (from codes)
+        # B: hashes of our unpaid deposited amountless invoices (private offers too), and our
+        # note key, so that the htlc_accepted hook checks payers' commitments without RPC.
+        self.amountless = {i["payment_hash"] for i in node.rpc.call("listinvoices").get(
+            "invoices", []) if i.get("label", "").startswith(INVOICE_LABEL)
+            and "amount_msat" not in i and i.get("status") == "unpaid"}
+        secret = node.rpc.call("makesecret", {"string": note.NOTE_KEY_LABEL}).get("secret")
+        if secret is not None:
+            self._secrets[note.NOTE_KEY_LABEL] = secret
+
+    # --- B: the recipient's own HTLCs (hook thread: no I/O) ----------------------
+
+    def as_recipient(self, hook_onion: dict, htlc: dict) -> dict:
+        """An HTLC for one of our deposited amountless invoices is taken only as its payer
+        committed (asyncln/payee_check.py); any other goes on to lightningd's own checks."""
+        payment_hash = htlc["payment_hash"]
+        if payment_hash not in self.amountless:
+            return {"result": "continue"}
+        received = msat(htlc["amount_msat"])
+        refusal = payee_check.refusal(hook_onion.get("payload", ""), payment_hash, received,
+                                      self._secrets.get(note.NOTE_KEY_LABEL))
+        if refusal is None:
+            return {"result": "continue"}
+        self.node.log(f"refusing HTLC {payment_hash} for a deposited invoice: {refusal}",
+                      level="warn")
+        height = int(htlc["cltv_expiry"]) - int(htlc["cltv_expiry_relative"])
+        return {"result": "fail", "failure_message":
+                failures.incorrect_or_unknown_payment_details(received, height)}
 
     # --- messages (hook thread: no I/O here, hand work to the worker) -----------
 
@@ -254,6 +281,8 @@ class RodShell:
             "description": codes.deposit_description(my_rod),
             "expiry": self.config.invoice_expiry}) for _ in range(count)]
         invoices = tuple(m["bolt11"] for m in made)
+        if amount_msat is None:  # before a payer can fetch one: our hook checks commitments
+            self.amountless.update(m["payment_hash"] for m in made)
         offers, payee_key, payee_key_sig = (), None, None
         with self.node.lock:
             rod_key = getattr(self.node.terms.get(my_rod), "onion_key", None)
@@ -411,6 +440,7 @@ class RodShell:
                 out = {"offer": answer.offer, "payment_hash": offer.payment_hash,
                        "amount_msat": amount_msat, "payee_key": paycode.payee_key}
             out.update(rod=my_rod.node_id, note_sent=False)
+            self.node.remember_fetched(out["payment_hash"], my_rod.node_id, paycode.note_key)
             if note_text is not None:
                 sealed = sealed_note(note_text, paycode.note_key, out["payment_hash"])
                 out.update(self._leave_note(my_rod.node_id, messages.Note(
@@ -497,7 +527,6 @@ class RodShell:
         if problem:
             raise AsynclnError(f"the Rod's private offer is refused: {problem}",
                                Code.HASH_REUSED if "reuses" in problem else Code.INVOICE_MISMATCH)
-        self.node.remember_fetched(offer.payment_hash, rod_id)
         return offer
 
     def reach(self, my_rod: codes.Rod) -> None:
@@ -524,7 +553,6 @@ class RodShell:
         invoice = payer.check_fetched(decoded, recipient_id, amount_msat, int(time.time()),
                                       bolt11, self._used(decoded.get("payment_hash", "")),
                                       rod_id=rod_id)
-        self.node.remember_fetched(invoice.payment_hash, rod_id)
         return invoice
 
     def ask(self, peer: str, key: Tuple, msg, timeout: float = ANSWER_SECONDS) -> object:

@@ -5,6 +5,7 @@ from coincurve import PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyncln import commitment
 from asyncln import layer as L
 from asyncln.layer import Layer
 from asyncln.record import MAX_HINT_HOPS, MAX_HINT_ROUTES, HintHop, TrampolineRecord
@@ -23,6 +24,7 @@ hops = st.builds(
     st.tuples(st.integers(0, 2**24 - 1), st.integers(0, 2**24 - 1), st.integers(0, 2**16 - 1))
     .map(lambda s: "x".join(map(str, s))),
     u32, u32, st.integers(0, 2**16 - 1))
+sealed = st.binary(min_size=commitment.SEALED_BYTES, max_size=commitment.SEALED_BYTES)
 hints = st.lists(st.lists(hops, min_size=1, max_size=MAX_HINT_HOPS).map(tuple),
                  max_size=MAX_HINT_ROUTES).map(tuple)
 
@@ -33,12 +35,14 @@ def layers(draw):
     final = draw(st.booleans())
     inner = draw(st.none() | st.binary(min_size=1, max_size=100))
     node = draw(nodes) if final or inner is None or draw(st.booleans()) else None
+    last = final or inner is not None  # the last holder's layer, or the payer's around a tail
     return Layer(
         amt_to_forward=amount, outgoing_cltv_delta=draw(u32), outgoing_node_id=node,
         please_poll=draw(st.booleans()), max_hold_blocks=draw(st.none() | u32),
         payment_secret=draw(st.binary(min_size=32, max_size=32)).hex() if final else None,
         total_msat=draw(st.integers(amount, 2**64 - 1)) if final else None,
-        route_hints=draw(hints), report_to=draw(st.none() | nodes), inner_onion=inner)
+        route_hints=draw(hints), report_to=draw(st.none() | nodes), inner_onion=inner,
+        amount_commitment=draw(st.none() | sealed) if last else None)
 
 
 def final_layer(**changes) -> Layer:
@@ -88,6 +92,9 @@ def test_stream_helper_is_valid():
     dict(OUTGOING_NODE_ID=None, PAYMENT_DATA=None),                     # nowhere to go
     dict(OUTGOING_NODE_ID=None, PAYMENT_DATA=None, INNER_ONION=b""),    # empty inner onion
     dict(PLEASE_POLL=b"\x01"),                                          # a flag has no value
+    dict(AMOUNT_COMMITMENT=bytes(commitment.SEALED_BYTES - 1)),         # not a sealed amount
+    dict(AMOUNT_COMMITMENT=bytes(commitment.SEALED_BYTES + 1)),
+    dict(PAYMENT_DATA=None, AMOUNT_COMMITMENT=bytes(commitment.SEALED_BYTES)),  # not the last
 ], ids=lambda c: "+".join(c))
 def test_refusals(changes):
     with pytest.raises(DecodeError):
@@ -97,7 +104,7 @@ def test_refusals(changes):
 def test_unknown_types_even_refused_odd_ignored():
     good = stream()
     with pytest.raises(DecodeError):
-        Layer.decode(good + b"\x10\x00")  # type 16: even, unknown
+        Layer.decode(good + b"\x12\x00")  # type 18: even, unknown
     assert Layer.decode(good + b"\xfd\x01\x01\x00") == Layer.decode(good)  # type 257: odd
 
 
@@ -119,6 +126,17 @@ def test_refuses_types_out_of_order():
 def test_constructor_refuses_what_decode_would(changes):
     with pytest.raises(ValueError):
         final_layer(**changes)
+
+
+def test_the_amount_commitment_is_even_type_16_and_rides_to_the_recipient():
+    """Even: a holder that does not know it refuses the HTLC instead of short-paying blindly."""
+    blob = bytes(range(commitment.SEALED_BYTES))
+    layer = final_layer(amount_commitment=blob)
+    assert L.AMOUNT_COMMITMENT == 16
+    assert encode_tlv_stream({16: blob}) in layer.encode()
+    assert Layer.decode(layer.encode()) == layer
+    assert layer.to_record().final_tlvs == ((66105, blob),)
+    assert final_layer().to_record().final_tlvs == ()
 
 
 def test_inner_onion_stands_in_for_the_next_node():
@@ -168,8 +186,11 @@ def test_to_record_is_what_the_holder_delivers(layer):
         final_cltv_delta=layer.outgoing_cltv_delta, payment_secret=layer.payment_secret,
         total_msat=layer.total_msat, please_poll=layer.please_poll,
         max_hold_blocks=layer.max_hold_blocks, report_to=layer.report_to,
-        route_hints=layer.route_hints)
+        route_hints=layer.route_hints,
+        final_tlvs=() if layer.amount_commitment is None else (
+            (commitment.FINAL_TLV, layer.amount_commitment),))
     assert TrampolineRecord.decode(record.encode()) == record  # valid as today's record
+    assert TrampolineRecord.from_json(record.to_json()) == record  # and as the holder stores it
 
 
 def test_to_record_refuses_a_layer_that_forwards_to_another_holder():

@@ -6,7 +6,7 @@ from dataclasses import replace
 import coincurve
 import pytest
 
-from asyncln import failures, payer
+from asyncln import commitment, failures, note, payer
 from asyncln.errors import AsynclnError, Code
 from asyncln.messages import PaymentStatus
 from asyncln.policy import Policy
@@ -533,3 +533,34 @@ def test_plan_with_a_packet_carries_the_onion_not_the_clear_record():
     record, _, refusal = peel.read(payload, PAYMENT_HASH, onion.secret_key(S_MAKESECRET), S,
                                    DEFAULTS, inc, 500)
     assert refusal is None and record.next_node == ROD and record.next_onion is not None
+
+
+# --- issue 11.6: the amount committed to the recipient, in the last holder's instructions ---
+
+NOTE_SECRET = "5a" * 32
+
+
+def test_committed_seals_our_amount_to_the_recipients_note_key():
+    sealed = payer.committed(INVOICE, note.note_public_key(NOTE_SECRET))
+    assert commitment.open_commitment(sealed.commitment, NOTE_SECRET, PAYMENT_HASH) == 100_000
+    assert payer.committed(INVOICE, None) == INVOICE  # not from a Rod: its amount is signed
+    assert refused(Code.BAD_PARAMETER, payer.committed, INVOICE, "02" + "00" * 32)
+
+
+def test_the_last_holders_layer_carries_the_commitment_however_the_payer_plans():
+    """Direct to the Rod, around a private offer's tail, or as the second holder of a chain."""
+    blob = bytes(57)
+    invoice = replace(INVOICE, commitment=blob)
+    assert payer.final_layer(invoice, 36).amount_commitment == blob
+    assert payer.tail_layer(invoice, 36, b"\x01" * 40).amount_commitment == blob
+    layers, _ = payer.chain_layers(invoice, (S, INFO), (T, INFO), 100, 10_000, None)
+    assert (layers[0].amount_commitment, layers[1].amount_commitment) == (None, blob)
+    assert payer.final_layer(INVOICE, 36).amount_commitment is None
+
+
+def test_a_clear_record_carries_the_commitment_too():
+    invoice = replace(INVOICE, commitment=bytes(57))
+    path = [hop(ME, S, "103x1x0/1", 102_600, 102_600, 336, 336)]
+    hops, _, _ = payer.plan(invoice, path, 1000, 36)
+    _, raw = find_record(bytes.fromhex(hops[-1]["payload"]))
+    assert TrampolineRecord.decode(raw).final_tlvs == ((66105, bytes(57)),)

@@ -25,7 +25,7 @@ from test_review_issue7 import (
     run_queued,
 )
 
-from asyncln import chain, failures, hold, onion, peel
+from asyncln import chain, commitment, failures, hold, note, onion, peel
 from asyncln.hold import HEIGHT_SLACK, Incoming, Reject
 from asyncln.layer import Layer
 from asyncln.node import Node
@@ -241,6 +241,30 @@ def test_a_payee_tail_names_the_recipient_and_the_payer_sets_amount_and_hold():
     assert record.final_cltv_delta == 40  # the payee's CLTV wins over the payer's lower one
     assert (record.max_hold_blocks, record.report_to) == (36, PAYER)
     assert record.next_onion is None
+
+
+def test_the_payers_amount_commitment_reaches_the_record_as_final_tlv_66105():
+    """The last holder delivers the payer's sealed amount to the recipient, unread (item 11.6)."""
+    blob = commitment.seal(100_000, note.note_public_key("5a" * 32), PAYMENT_HASH)
+    layer = final_layer(amount_commitment=blob)
+    inc = enough(layer)
+    record, _, refusal = read(payload_for(packet(layer), inc), inc)
+    assert refusal is None and record.final_tlvs == ((66105, blob),)
+
+
+def test_around_a_payee_tail_the_payers_commitment_is_the_one_delivered():
+    """A private offer: only the payer's commitment binds what it paid; the tail's is dropped."""
+    payers = commitment.seal(100_000, note.note_public_key("5a" * 32), PAYMENT_HASH)
+    planted = commitment.seal(1, note.note_public_key("5a" * 32), PAYMENT_HASH)
+    tail = final_layer(amt_to_forward=1, total_msat=1, max_hold_blocks=None, report_to=None,
+                       amount_commitment=planted)
+    inner, _ = onion.build([(S_KEY, tail)], PAYMENT_HASH, size=onion.TAIL_PAYLOAD_SIZE)
+    for outer_blob, delivered in ((payers, ((66105, payers),)), (None, ())):
+        outer = tail_layer(inner, amount_commitment=outer_blob)
+        inc = incoming(amount=outer.amt_to_forward + POLICY.fee(outer.amt_to_forward),
+                       cltv_expiry=HEIGHT + 18 + chain._margin(POLICY, 36))
+        record, _, _ = read(payload_for(packet(outer), inc), inc)
+        assert record.final_tlvs == delivered
 
 
 @pytest.mark.parametrize("layer", [final_layer(), forward_layer()])

@@ -11,10 +11,12 @@ from factories import OTHER, PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, node_id, 
 from plugin_harness import PluginProcess, RpcFailure, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import code as codes
-from asyncln import messages, note, rod, signature
+from asyncln import commitment, messages, note, rod, signature
 from asyncln.features import FEATURE_BIT, feature_hex, has_feature
 from asyncln.policy import Policy
 from asyncln.recipient import DEFAULT_INVOICE_EXPIRY, DEFAULT_POOL
+from asyncln.record import find_record
+from asyncln.wire import decode_tlv_stream, encode_bigsize, encode_tlv_stream, encode_tu
 
 
 @pytest.fixture
@@ -681,3 +683,82 @@ def test_two_htlcs_with_one_onion_each_get_their_own_answer(node):
     assert plugin.response(first)["result"] == {"result": "fail", "failure_message": "2019"}
     assert plugin.response(cancel)["result"]["state"] == "failed"
     assert plugin.answered(second) is None and plugin.answered(first) is None  # once each
+
+
+# --- issue 11.6: the payer commits to the amount, B checks it -----------------------
+
+DEPOSITED = "de" * 32      # one of B's deposited amountless invoices
+DEPOSITED_LATER = f"{1:064x}"  # made by asyncln-deposit after startup (recipient_rpc)
+
+
+def final_payload(amount_msat, blob=None):
+    """B's final-hop payload as a holder delivers it: amount, CLTV, the payer's commitment."""
+    fields = {2: encode_tu(amount_msat), 4: encode_tu(1100)}
+    if blob is not None:
+        fields[commitment.FINAL_TLV] = blob
+    stream = encode_tlv_stream(fields)
+    return (encode_bigsize(len(stream)) + stream).hex()
+
+
+def record_fields(raw):
+    """The clear record's fields (the harness's node id, its report_to, is not a curve point)."""
+    return decode_tlv_stream(raw[1:], range(0, 18, 2))
+
+
+def test_b_refuses_a_short_paid_htlc_for_a_deposited_amountless_invoice(node):
+    plugin, rpc = node
+    recipient_rpc(rpc)
+    rpc.handlers["listinvoices"] = lambda p: {"invoices": [
+        {"label": "asyncln-rod-01", "payment_hash": DEPOSITED, "status": "unpaid"},
+        {"label": "asyncln-rod-02", "payment_hash": "df" * 32, "status": "unpaid",
+         "amount_msat": 7000},                      # a fixed amount: lightningd checks it
+        {"label": "mine", "payment_hash": PAYMENT_HASH, "status": "unpaid"}]}
+    plugin.start(rpc, {"asyncln-rod": ROD})
+    key = note.note_public_key("5a" * 32)           # B's note key, from its payment code
+    honest = commitment.seal(100_000, key, DEPOSITED)
+
+    def answer(payment_hash, amount_msat, blob):
+        params = htlc_params(payment_hash, final_payload(amount_msat, blob), amount_msat, 1100)
+        return plugin.request("htlc_accepted", params)["result"]
+
+    refused = {"result": "fail", "failure_message": "400f" + f"{99_999:016x}" + f"{1000:08x}"}
+    assert answer(DEPOSITED, 99_999, honest) == refused     # the holder kept 1 msat
+    assert answer(DEPOSITED, 100_000, None)["result"] == "fail"  # no commitment
+    assert answer(DEPOSITED, 1, commitment.seal(1, key, PAYMENT_HASH))["result"] == "fail"
+    assert answer(DEPOSITED, 100_000, honest) == {"result": "continue"}
+    assert answer(DEPOSITED, 100_001, honest) == {"result": "continue"}
+    # B's other invoices are lightningd's business, as before.
+    assert answer("df" * 32, 7000, None) == {"result": "continue"}
+    assert answer(PAYMENT_HASH, 1, None) == {"result": "continue"}
+    # An amountless invoice deposited after startup is checked from the moment it is made.
+    assert answer(DEPOSITED_LATER, 1, None) == {"result": "continue"}
+    plugin.request("asyncln-deposit", {"count": 1})
+    assert answer(DEPOSITED_LATER, 1, None)["result"] == "fail"
+    assert rpc.called("listinvoices") == [{}]  # once, at startup: never on the hook path
+
+
+def test_the_payer_commits_to_the_amount_of_an_invoice_fetched_from_a_rod(node):
+    """Fetched first, paid later by its bolt11: the code's note key was kept for it."""
+    plugin, rpc = started(node)
+    scripted_b(rpc)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    call = plugin.send("asyncln-fetchinvoice", {"code": signed_code(), "amount_msat": 50_000})
+    answer_invoice_request(plugin, rpc, "lnbcrt1fetched")
+    assert plugin.response(call)["result"]["payment_hash"] == "cd" * 32
+    result = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched",
+                                            "amount_msat": 50_000})["result"]
+    assert result["status"] == "pending"
+    [made] = rpc.called("createonion")
+    _, raw = find_record(bytes.fromhex(made["hops"][-1]["payload"]))
+    blob = record_fields(raw)[16]  # version 1 here: the holder (PAYER) announced no onion key
+    assert commitment.open_commitment(blob, "5a" * 32, "cd" * 32) == 50_000
+
+
+def test_an_ordinary_invoice_carries_no_commitment(node):
+    plugin, rpc = started(node)
+    scripted_b(rpc, amount_msat=50_000)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})
+    [made] = rpc.called("createonion")
+    _, raw = find_record(bytes.fromhex(made["hops"][-1]["payload"]))
+    assert 16 not in record_fields(raw)
