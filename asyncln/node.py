@@ -576,7 +576,9 @@ class Node:
             self.log(f"internal error on HTLC {htlc.get('payment_hash')}: {e!r}", level="warn")
             if waiting(request):
                 try:
-                    ours = carries_record(hook_onion)
+                    # Ours to hold, or our deposited invoice whose commitment went unchecked:
+                    # refuse rather than let it pass as a plain payment.
+                    ours = carries_record(hook_onion) or htlc.get("payment_hash") in self.rods.amountless
                 except Exception:
                     ours = True  # unreadable: refuse rather than let it pass as a plain payment
                 request.set_result(FAIL_TEMPORARY if ours else CONTINUE)

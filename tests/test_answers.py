@@ -324,3 +324,18 @@ def test_a_failing_listpeerchannels_at_startup_still_serves_the_replays():
     rpc.fail.clear()
     drain(restarted)                                   # looked up off the hook path
     assert replay.results == [] and restarted.relay.held[PAYMENT_HASH].attached
+
+
+def test_an_error_checking_a_deposited_invoices_commitment_refuses_rather_than_accepts(monkeypatch):
+    """Issue 11.6 with 11.3: B's check of the payer's amount commitment fails closed."""
+    node, _, logs = shell()
+    node.rods.amountless.add(PAYMENT_HASH)
+
+    def broken(*args):
+        raise RuntimeError("injected: the commitment check")
+    monkeypatch.setattr(node_module.RodShell, "as_recipient", broken)
+    plain = {"payload": "0802020102040203e8", "type": "tlv", "forward_msat": 258,
+             "outgoing_cltv_value": 1000, "shared_secret": ONION_SECRET}
+    request = Request()
+    node.htlc_accepted(plain, hook()[1], PAYER, request)
+    assert request.result["result"] == "fail"
