@@ -95,17 +95,38 @@ class RodShell:
         self.asking.add(my_rod)
         self.node.send(my_rod, messages.Deposit(()))
 
+    def channel_changed(self, peer: str, state: str) -> None:
+        """Hook thread: a channel to one of my Rods became usable; ask it now, not a poll later."""
+        if peer in self.my_rods and state == "CHANNELD_NORMAL":
+            self.node.submit_once((peer, "channel"), lambda: self._channel_usable(peer))
+
+    def _channel_usable(self, my_rod: str) -> None:
+        if (recipient.wants_query_on_channel(self.levels.get(my_rod), self.config.pool)
+                and my_rod in self.node.connected_peers()):
+            self.query(my_rod)
+
     def on_block(self, height: int) -> None:
         """Worker: prune as a Rod; as a recipient, ask Rods whose pool is not full."""
         self.prune()
-        due = [r for r in self.my_rods if recipient.wants_query(
-            self.levels.get(r), self.asked_at.get(r), height, self.config.pool,
-            self.node.relay.policy.poll_blocks)]
+        due = [r for r in self.my_rods if self._due(r, height)]
         if due:
             connected = self.node.connected_peers()
             for my_rod in due:
                 if my_rod in connected:
                     self.query(my_rod)
+
+    def _due(self, my_rod: str, height: int) -> bool:
+        """A poll, or a Rod that refused us as a depositor retried (the channel asked only then)."""
+        status, asked_at = self.levels.get(my_rod), self.asked_at.get(my_rod)
+        if recipient.wants_query(status, asked_at, height, self.config.pool,
+                                 self.node.relay.policy.poll_blocks):
+            return True
+        return recipient.refuses_depositor(status) and recipient.wants_retry(
+            status, asked_at, height, self._has_usable_channel(my_rod))
+
+    def _has_usable_channel(self, peer: str) -> bool:
+        return any(c.get("peer_connected") and c.get("state") == "CHANNELD_NORMAL"
+                   for c in self.node.rpc.call("listpeerchannels", {"id": peer})["channels"])
 
     # --- R: the Rod --------------------------------------------------------------
 
@@ -227,7 +248,10 @@ class RodShell:
         if my_rod not in self.asking:
             return
         self.asking.discard(my_rod)
-        if status.refused:
+        if recipient.refuses_depositor(status):
+            self.node.log(f"Rod {my_rod} keeps no invoices for me yet ({status.refused[0]}): "
+                          "asking again once my channel to it is usable", level="info")
+        elif status.refused:
             self.node.log(f"Rod {my_rod} refused {len(status.refused)} invoices: "
                           f"{list(status.refused)[:3]}", level="warn")
         height, every = self.node.relay.height, self.node.relay.policy.poll_blocks
