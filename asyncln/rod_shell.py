@@ -46,6 +46,8 @@ class RodShell:
         self.levels: Dict[str, messages.PoolStatus] = {}  # my Rod -> its last pool_status
         self.asked_at: Dict[str, int] = {}                # my Rod -> height we last asked
         self.asking: set = set()   # my Rods whose answer we await: only an answer tops up
+        self.sent: Dict[str, messages.Deposit] = {}      # my Rod -> invoices awaiting its answer
+        self.unplaced: Dict[str, messages.Deposit] = {}  # my Rod -> invoices it refused us
         self._slots: Dict[Tuple, Tuple[str, queue.Queue]] = {}  # what we wait for -> (peer, slot)
         self._slots_lock = threading.Lock()
         self._secrets: Dict[str, str] = {}  # makesecret label -> secret
@@ -248,12 +250,25 @@ class RodShell:
         if my_rod not in self.asking:
             return
         self.asking.discard(my_rod)
+        answered = self.sent.pop(my_rod, None)
         if recipient.refuses_depositor(status):
             self.node.log(f"Rod {my_rod} keeps no invoices for me yet ({status.refused[0]}): "
                           "asking again once my channel to it is usable", level="info")
-        elif status.refused:
+            if answered is not None:  # minted and counted already: offered again, not re-minted
+                self.unplaced[my_rod] = answered
+            return
+        if status.refused:
             self.node.log(f"Rod {my_rod} refused {len(status.refused)} invoices: "
                           f"{list(status.refused)[:3]}", level="warn")
+        unplaced = self.unplaced.pop(my_rod, None)
+        if unplaced is not None:
+            again = recipient.invoices_needed(self.config.pool, status, messages.MAX_DEPOSIT_BATCH,
+                                              len(unplaced.invoices))
+            if again:
+                self._send_deposit(my_rod, replace(unplaced, invoices=unplaced.invoices[:again],
+                                                   offers=unplaced.offers[:again]))
+                self.node.log(f"deposited again {again} invoices Rod {my_rod} had refused me")
+                return
         height, every = self.node.relay.height, self.node.relay.policy.poll_blocks
         budget = self._budget(my_rod)
         count = recipient.invoices_needed(self.config.pool, status, messages.MAX_DEPOSIT_BATCH,
@@ -286,13 +301,17 @@ class RodShell:
             payee_key = payee.public_key(self.payee_secret())
             payee_key_sig = payee.sign(self.payee_secret(),
                                        payee.owner_statement(self.node.node_id, my_rod))
-        self.asking.add(my_rod)
-        if not self.node.send(my_rod, messages.Deposit(invoices, offers, payee_key,
-                                                       payee_key_sig)):
-            self.asking.discard(my_rod)
-            raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
+        self._send_deposit(my_rod, messages.Deposit(invoices, offers, payee_key, payee_key_sig))
         self.node.log(f"deposited {count} invoices at Rod {my_rod}")
         return count
+
+    def _send_deposit(self, my_rod: str, deposit: messages.Deposit) -> None:
+        """Kept until the Rod answers: a refusal of us as depositor keeps them for the retry."""
+        self.asking.add(my_rod)
+        if not self.node.send(my_rod, deposit):
+            self.asking.discard(my_rod)
+            raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
+        self.sent[my_rod] = deposit
 
     def _offer(self, made: dict, my_rod: str, rod_key: str) -> payee.PrivateOffer:
         """A private offer for an invoice we just made: a tail for the Rod, and our statement."""

@@ -618,6 +618,40 @@ def test_a_rod_that_keeps_refusing_is_asked_once_a_block_and_mints_nothing(net):
     assert "invoice" not in rpc_of(b).methods() and rpc_of(b).stored(rod_shell.MINTED, R) is None
 
 
+def refusing_deposits(sender, msg):
+    """A Rod that answers B's query with room but refuses the invoices that follow, as a
+    Rod does whose channel with B closed in between."""
+    if not isinstance(msg, messages.Deposit):
+        return []
+    if msg.invoices:
+        return [(R, messages.PoolStatus(0, 0, 0, DAY, ("this Rod keeps invoices only for "
+                                                       "its channel peers",)))]
+    return [(R, messages.PoolStatus(0, 0, 50, DAY, ()))]
+
+
+def test_invoices_refused_with_their_depositor_are_deposited_again_not_minted_again(net):
+    r = net.add(R)
+    b = net.add(B, rods=(R,), pool=5)
+    net.connect(B, R)
+    net.respond(R, refusing_deposits)
+    net.arrive(B, R)
+    net.settle()
+    for _ in range(10):  # it keeps refusing: the same invoices go again, no new ones
+        b.rods.channel_changed(R, "CHANNELD_NORMAL")
+        net.settle()
+    deposits = [m for _, m in net.heard[R] if isinstance(m, messages.Deposit) and m.invoices]
+    first = deposits[0]
+    assert len(first.invoices) == 5 and len(deposits) == 11
+    assert all(m.invoices == first.invoices for m in deposits)
+    del net.responders[R]  # now R keeps them
+    b.rods.channel_changed(R, "CHANNELD_NORMAL")
+    net.settle()
+    assert [i.bolt11 for i in r.rods.rod.pool(B).invoices] == list(first.invoices)
+    assert rpc_of(b).methods().count("invoice") == 5
+    assert rpc_of(b).stored(rod_shell.MINTED, R)["count"] == 5
+    assert net.errors == []
+
+
 def deposited(b: Node, payment_hash=PAYMENT_HASH):
     """B's lightningd holds an invoice with this hash, made by B's shell for a Rod."""
     rpc_of(b).invoices.append({"label": rod_shell.INVOICE_LABEL + "1", "bolt11": "lnbcrt1",
