@@ -95,6 +95,7 @@ class RodShell:
         """An empty deposit asks a Rod for our pool level; its answer drives the top-up."""
         self.asked_at[my_rod] = self.node.relay.height
         self.asking.add(my_rod)
+        self.sent.pop(my_rod, None)  # its answer may be lost: never offer those again
         self.node.send(my_rod, messages.Deposit(()))
 
     def channel_changed(self, peer: str, state: str) -> None:
@@ -308,10 +309,11 @@ class RodShell:
     def _send_deposit(self, my_rod: str, deposit: messages.Deposit) -> None:
         """Kept until the Rod answers: a refusal of us as depositor keeps them for the retry."""
         self.asking.add(my_rod)
+        self.sent[my_rod] = deposit
         if not self.node.send(my_rod, deposit):
             self.asking.discard(my_rod)
+            self.sent.pop(my_rod, None)
             raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
-        self.sent[my_rod] = deposit
 
     def _offer(self, made: dict, my_rod: str, rod_key: str) -> payee.PrivateOffer:
         """A private offer for an invoice we just made: a tail for the Rod, and our statement."""
