@@ -140,7 +140,9 @@ def on_block_added(plugin, **kwargs):
 
 @plugin.subscribe("channel_state_changed")
 def on_channel_state_changed(plugin, **kwargs):
+    changed = _payload(kwargs, "channel_state_changed")
     NODE.channel_changed()
+    NODE.rods.channel_changed(changed.get("peer_id", ""), changed.get("new_state", ""))
 
 
 @plugin.subscribe("connect")

@@ -85,8 +85,8 @@ def invoices_needed(target: int, status: PoolStatus, batch: int, allowance: int)
 
     Never more than the Rod holds, nor than B's own ``allowance``
     (:class:`MintBudget`): the level is the Rod's word. Any refusal stops
-    the top-up until the next connection, so a Rod that refuses everything
-    is not flooded.
+    the top-up until the next query (connection, usable channel, poll: see
+    :func:`wants_query`), so a Rod that refuses everything is not flooded.
     """
     if status.refused:
         return 0
@@ -98,9 +98,9 @@ def wants_query(status: Optional[PoolStatus], asked_at: Optional[int], height: i
                 target: int, every: int) -> bool:
     """Ask a connected Rod for its pool level again? At most every ``every`` blocks.
 
-    A connection may come before the channel that makes us a depositor, and
-    payers drain the pool while we are away: so ask again now and then,
-    until the pool is full.
+    Payers drain the pool while we are away: so ask again now and then,
+    until the pool is full. A Rod that refused us as a depositor is also
+    asked sooner, by :func:`wants_retry` and :func:`wants_query_on_channel`.
     """
     if asked_at is not None and height < asked_at + every:
         return False
@@ -108,3 +108,37 @@ def wants_query(status: Optional[PoolStatus], asked_at: Optional[int], height: i
         return False  # it refused our invoices: minting more cannot help until we reconnect
     return status is None or bool(status.refused) or status.level < min(target,
                                                                          status.max_invoices)
+
+
+def refuses_depositor(status: Optional[PoolStatus]) -> bool:
+    """The Rod refused us, not our invoices: it offers no room at all (``max_invoices`` 0).
+
+    That is what a Rod answers a node that is not yet its channel peer, and
+    a channel can change it. A refusal of invoices (room offered, invoices
+    refused) cannot change by asking again.
+    """
+    return status is not None and bool(status.refused) and status.max_invoices == 0
+
+
+def wants_retry(status: Optional[PoolStatus], asked_at: Optional[int], height: int,
+                channel_usable: bool) -> bool:
+    """Every block: ask a Rod that refused us as a depositor again, not a poll later?
+
+    Only once our own channel to it is usable (a channel still locking in
+    gives invoices without route hints), and at most once a block: a Rod
+    that keeps refusing gets one empty query a block, which mints nothing.
+    """
+    return (refuses_depositor(status) and channel_usable
+            and (asked_at is None or height > asked_at))
+
+
+def wants_query_on_channel(status: Optional[PoolStatus], target: int) -> bool:
+    """Our channel to a Rod just became usable (CHANNELD_NORMAL): ask it now?
+
+    Yes unless we know the pool is full or the Rod refused our invoices
+    themselves. Bounded by the channel events, each a lock-in or splice on
+    chain; the query mints nothing, the answer is budgeted (:class:`MintBudget`).
+    """
+    if status is None or refuses_depositor(status):
+        return True
+    return not status.refused and status.level < min(target, status.max_invoices)

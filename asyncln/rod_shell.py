@@ -46,6 +46,8 @@ class RodShell:
         self.levels: Dict[str, messages.PoolStatus] = {}  # my Rod -> its last pool_status
         self.asked_at: Dict[str, int] = {}                # my Rod -> height we last asked
         self.asking: set = set()   # my Rods whose answer we await: only an answer tops up
+        self.sent: Dict[str, messages.Deposit] = {}      # my Rod -> invoices awaiting its answer
+        self.unplaced: Dict[str, messages.Deposit] = {}  # my Rod -> invoices it refused us
         self._slots: Dict[Tuple, Tuple[str, queue.Queue]] = {}  # what we wait for -> (peer, slot)
         self._slots_lock = threading.Lock()
         self._secrets: Dict[str, str] = {}  # makesecret label -> secret
@@ -120,19 +122,41 @@ class RodShell:
         """An empty deposit asks a Rod for our pool level; its answer drives the top-up."""
         self.asked_at[my_rod] = self.node.relay.height
         self.asking.add(my_rod)
+        self.sent.pop(my_rod, None)  # its answer may be lost: never offer those again
         self.node.send(my_rod, messages.Deposit(()))
+
+    def channel_changed(self, peer: str, state: str) -> None:
+        """Hook thread: a channel to one of my Rods became usable; ask it now, not a poll later."""
+        if peer in self.my_rods and state == "CHANNELD_NORMAL":
+            self.node.submit_once((peer, "channel"), lambda: self._channel_usable(peer))
+
+    def _channel_usable(self, my_rod: str) -> None:
+        if (recipient.wants_query_on_channel(self.levels.get(my_rod), self.config.pool)
+                and my_rod in self.node.connected_peers()):
+            self.query(my_rod)
 
     def on_block(self, height: int) -> None:
         """Worker: prune as a Rod; as a recipient, ask Rods whose pool is not full."""
         self.prune()
-        due = [r for r in self.my_rods if recipient.wants_query(
-            self.levels.get(r), self.asked_at.get(r), height, self.config.pool,
-            self.node.relay.policy.poll_blocks)]
+        due = [r for r in self.my_rods if self._due(r, height)]
         if due:
             connected = self.node.connected_peers()
             for my_rod in due:
                 if my_rod in connected:
                     self.query(my_rod)
+
+    def _due(self, my_rod: str, height: int) -> bool:
+        """A poll, or a Rod that refused us as a depositor retried (the channel asked only then)."""
+        status, asked_at = self.levels.get(my_rod), self.asked_at.get(my_rod)
+        if recipient.wants_query(status, asked_at, height, self.config.pool,
+                                 self.node.relay.policy.poll_blocks):
+            return True
+        return recipient.refuses_depositor(status) and recipient.wants_retry(
+            status, asked_at, height, self._has_usable_channel(my_rod))
+
+    def _has_usable_channel(self, peer: str) -> bool:
+        return any(c.get("peer_connected") and c.get("state") == "CHANNELD_NORMAL"
+                   for c in self.node.rpc.call("listpeerchannels", {"id": peer})["channels"])
 
     # --- R: the Rod --------------------------------------------------------------
 
@@ -254,9 +278,25 @@ class RodShell:
         if my_rod not in self.asking:
             return
         self.asking.discard(my_rod)
+        answered = self.sent.pop(my_rod, None)
+        if recipient.refuses_depositor(status):
+            self.node.log(f"Rod {my_rod} keeps no invoices for me yet ({status.refused[0]}): "
+                          "asking again once my channel to it is usable", level="info")
+            if answered is not None:  # minted and counted already: offered again, not re-minted
+                self.unplaced[my_rod] = answered
+            return
         if status.refused:
             self.node.log(f"Rod {my_rod} refused {len(status.refused)} invoices: "
                           f"{list(status.refused)[:3]}", level="warn")
+        unplaced = self.unplaced.pop(my_rod, None)
+        if unplaced is not None:
+            again = recipient.invoices_needed(self.config.pool, status, messages.MAX_DEPOSIT_BATCH,
+                                              len(unplaced.invoices))
+            if again:
+                self._send_deposit(my_rod, replace(unplaced, invoices=unplaced.invoices[:again],
+                                                   offers=unplaced.offers[:again]))
+                self.node.log(f"deposited again {again} invoices Rod {my_rod} had refused me")
+                return
         height, every = self.node.relay.height, self.node.relay.policy.poll_blocks
         budget = self._budget(my_rod)
         count = recipient.invoices_needed(self.config.pool, status, messages.MAX_DEPOSIT_BATCH,
@@ -291,13 +331,18 @@ class RodShell:
             payee_key = payee.public_key(self.payee_secret())
             payee_key_sig = payee.sign(self.payee_secret(),
                                        payee.owner_statement(self.node.node_id, my_rod))
-        self.asking.add(my_rod)
-        if not self.node.send(my_rod, messages.Deposit(invoices, offers, payee_key,
-                                                       payee_key_sig)):
-            self.asking.discard(my_rod)
-            raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
+        self._send_deposit(my_rod, messages.Deposit(invoices, offers, payee_key, payee_key_sig))
         self.node.log(f"deposited {count} invoices at Rod {my_rod}")
         return count
+
+    def _send_deposit(self, my_rod: str, deposit: messages.Deposit) -> None:
+        """Kept until the Rod answers: a refusal of us as depositor keeps them for the retry."""
+        self.asking.add(my_rod)
+        self.sent[my_rod] = deposit
+        if not self.node.send(my_rod, deposit):
+            self.asking.discard(my_rod)
+            self.sent.pop(my_rod, None)
+            raise AsynclnError(f"cannot reach the Rod {my_rod}", Code.NO_ANSWER)
 
     def _offer(self, made: dict, my_rod: str, rod_key: str) -> payee.PrivateOffer:
         """A private offer for an invoice we just made: a tail for the Rod, and our statement."""

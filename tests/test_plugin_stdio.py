@@ -762,3 +762,20 @@ def test_an_ordinary_invoice_carries_no_commitment(node):
     [made] = rpc.called("createonion")
     _, raw = find_record(bytes.fromhex(made["hops"][-1]["payload"]))
     assert 16 not in record_fields(raw)
+
+
+def test_a_usable_channel_to_my_rod_asks_it_for_my_pool_at_once(node):
+    """Issue 12, item 7: channel_state_changed reaching CHANNELD_NORMAL with my Rod queries it."""
+    plugin, rpc = node
+    rpc.handlers["listpeers"] = lambda p: {"peers": [
+        {"id": ROD, "connected": True, "features": feature_hex()}]}
+    started(node, **{"asyncln-rod": ROD})
+    wait_for(lambda: sent(rpc, messages.Deposit))  # at start, as when it connects: no answer
+    for peer, state in ((ROD, "CHANNELD_AWAITING_LOCKIN"), (PAYER, "CHANNELD_NORMAL"),
+                        (ROD, "CHANNELD_NORMAL")):
+        plugin.notify("channel_state_changed", {"channel_state_changed": {
+            "peer_id": peer, "channel_id": "11" * 32, "old_state": "DUALOPEND_AWAITING_LOCKIN",
+            "new_state": state, "cause": "remote", "message": "", "timestamp": "1.0"}})
+    wait_for(lambda: len(sent(rpc, messages.Deposit)) == 2)
+    plugin.request("asyncln-getinfo", {})  # after every notification
+    assert sent(rpc, messages.Deposit) == [(ROD, messages.Deposit(()))] * 2

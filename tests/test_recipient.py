@@ -24,7 +24,10 @@ from asyncln.recipient import (
     RecipientConfig,
     invoices_needed,
     parse_rods,
+    refuses_depositor,
     wants_query,
+    wants_query_on_channel,
+    wants_retry,
 )
 
 R1, R2, R3, B = (node_id(n) for n in range(31, 35))
@@ -216,6 +219,60 @@ def test_wants_query_asks_again_after_a_refusal():
                                                        "channel peers",))
     assert wants_query(refused, 100, 106, 20, 6)
     assert not wants_query(refused, 100, 105, 20, 6)
+
+
+NOT_A_PEER = status(level=0, max_invoices=0,
+                    refused=("this Rod keeps invoices only for its channel peers",))
+
+
+def test_only_a_refusal_without_room_refuses_the_depositor():
+    assert refuses_depositor(NOT_A_PEER)
+    assert not refuses_depositor(status(level=0, refused=("expires too soon",)))  # invoices
+    assert not refuses_depositor(status(level=0)) and not refuses_depositor(None)
+
+
+def test_a_refused_depositor_is_retried_once_a_block_once_its_channel_is_usable():
+    """Issue 12, item 7: not a poll (asyncln-poll-blocks) later."""
+    assert wants_retry(NOT_A_PEER, 100, 101, channel_usable=True)
+    assert not wants_retry(NOT_A_PEER, 100, 100, channel_usable=True)   # once a block
+    assert not wants_retry(NOT_A_PEER, 100, 101, channel_usable=False)  # no hints yet
+    assert not wants_retry(status(level=0, refused=("expires too soon",)), 100, 200, True)
+    assert not wants_retry(status(level=3), 100, 200, True)  # a poll's business
+
+
+def test_a_usable_channel_asks_unless_full_or_our_invoices_were_refused():
+    assert wants_query_on_channel(None, 20) and wants_query_on_channel(NOT_A_PEER, 20)
+    assert wants_query_on_channel(status(level=3), 20)
+    assert not wants_query_on_channel(status(level=20), 20)
+    assert not wants_query_on_channel(status(level=3, max_invoices=3), 20)
+    assert not wants_query_on_channel(status(level=0, refused=("expires too soon",)), 20)
+
+
+@given(events=st.lists(st.sampled_from(["block", "channel", "usable", "unusable"]),
+                       max_size=200),
+       every=st.integers(1, 10))
+def test_a_rod_that_keeps_refusing_gets_one_query_a_block_or_channel_event(events, every):
+    """Driven as RodShell does: on_block (poll or retry) and the channel event; R always refuses."""
+    height, usable, asked, last = 1000, False, [], None
+    channel_events = blocks = 0
+    for event in events:
+        match event:
+            case "block":
+                height += 1
+                blocks += 1
+                at = asked[-1] if asked else None
+                ask = (wants_query(last, at, height, 20, every)
+                       or wants_retry(last, at, height, usable))
+            case "channel":
+                channel_events += 1
+                ask = wants_query_on_channel(last, 20)
+            case "usable" | "unusable":
+                usable, ask = event == "usable", False
+        if ask:
+            asked.append(height)
+            last = NOT_A_PEER
+    assert len(asked) <= blocks + channel_events
+    assert all(b >= a for a, b in zip(asked, asked[1:]))
 
 
 @given(answers=st.lists(st.tuples(st.integers(0, 60), st.booleans()), min_size=1, max_size=40),

@@ -559,6 +559,106 @@ def test_a_rod_that_refuses_every_invoice_is_not_sent_a_batch_every_poll(net):
     assert rpc_of(b).methods().count("invoice") == 20
 
 
+def met_before_the_channel(net, limits=rod.RodLimits(), pool=5):
+    """B connects to its Rod R before their channel exists: R refuses B's first query."""
+    r = net.add(R, limits)
+    b = net.add(B, rods=(R,), pool=pool)
+    net.connect(B, R, channel=False)
+    net.arrive(B, R)
+    net.settle()
+    assert r.rods.rod.level(B) == 0 and "invoice" not in rpc_of(b).methods()
+    return r, b
+
+
+def queries(b: Node) -> int:
+    return sum(1 for _, m in rpc_of(b).sent(messages.Deposit, to=R) if m == messages.Deposit(()))
+
+
+def at_block(net, node: Node, height: int) -> None:
+    node.rpc.height = height
+    node.block(height)
+    net.settle()
+
+
+def test_the_pool_fills_as_soon_as_the_channel_to_my_rod_is_usable(net):
+    """Issue 12, item 7: the channel event asks again at once, not a poll later."""
+    r, b = met_before_the_channel(net)
+    net.channels.add(frozenset((B, R)))
+    b.rods.channel_changed(R, "CHANNELD_NORMAL")
+    net.settle()
+    assert r.rods.rod.level(B) == 5
+    assert rpc_of(b).methods().count("invoice") == 5  # the refused query minted nothing
+    assert rpc_of(b).stored(rod_shell.MINTED, R)["count"] == 5
+    assert net.errors == []
+
+
+@pytest.mark.parametrize("peer, state", [(C, "CHANNELD_NORMAL"),
+                                         (R, "CHANNELD_AWAITING_LOCKIN"), (R, "ONCHAIN")])
+def test_other_channel_events_ask_nothing(net, peer, state):
+    r, b = met_before_the_channel(net)
+    net.channels.add(frozenset((B, R)))
+    b.rods.channel_changed(peer, state)
+    net.settle()
+    assert queries(b) == 1 and r.rods.rod.level(B) == 0
+
+
+def test_a_refused_depositor_asks_again_the_next_block_once_its_channel_is_usable(net):
+    """A channel event missed (or it came before the Rod saw the channel): the next block asks."""
+    r, b = met_before_the_channel(net)
+    at_block(net, b, 1001)
+    assert queries(b) == 1  # no channel yet: nothing to ask
+    net.channels.add(frozenset((B, R)))
+    at_block(net, b, 1002)
+    assert r.rods.rod.level(B) == 5 and queries(b) == 2
+
+
+def test_a_rod_that_keeps_refusing_is_asked_once_a_block_and_mints_nothing(net):
+    r, b = met_before_the_channel(net, limits=rod.RodLimits(depositors="none"))
+    net.channels.add(frozenset((B, R)))  # usable, but R keeps nobody's invoices
+    for height in range(1001, 1031):
+        at_block(net, b, height)
+        b.rods.on_block(height)  # the same block twice: still one query
+        net.settle()
+    b.rods.channel_changed(R, "CHANNELD_NORMAL")
+    net.settle()
+    assert queries(b) == 1 + 30 + 1
+    assert "invoice" not in rpc_of(b).methods() and rpc_of(b).stored(rod_shell.MINTED, R) is None
+
+
+def refusing_deposits(sender, msg):
+    """A Rod that answers B's query with room but refuses the invoices that follow, as a
+    Rod does whose channel with B closed in between."""
+    if not isinstance(msg, messages.Deposit):
+        return []
+    if msg.invoices:
+        return [(R, messages.PoolStatus(0, 0, 0, DAY, ("this Rod keeps invoices only for "
+                                                       "its channel peers",)))]
+    return [(R, messages.PoolStatus(0, 0, 50, DAY, ()))]
+
+
+def test_invoices_refused_with_their_depositor_are_deposited_again_not_minted_again(net):
+    r = net.add(R)
+    b = net.add(B, rods=(R,), pool=5)
+    net.connect(B, R)
+    net.respond(R, refusing_deposits)
+    net.arrive(B, R)
+    net.settle()
+    for _ in range(10):  # it keeps refusing: the same invoices go again, no new ones
+        b.rods.channel_changed(R, "CHANNELD_NORMAL")
+        net.settle()
+    deposits = [m for _, m in net.heard[R] if isinstance(m, messages.Deposit) and m.invoices]
+    first = deposits[0]
+    assert len(first.invoices) == 5 and len(deposits) == 11
+    assert all(m.invoices == first.invoices for m in deposits)
+    del net.responders[R]  # now R keeps them
+    b.rods.channel_changed(R, "CHANNELD_NORMAL")
+    net.settle()
+    assert [i.bolt11 for i in r.rods.rod.pool(B).invoices] == list(first.invoices)
+    assert rpc_of(b).methods().count("invoice") == 5
+    assert rpc_of(b).stored(rod_shell.MINTED, R)["count"] == 5
+    assert net.errors == []
+
+
 def deposited(b: Node, payment_hash=PAYMENT_HASH):
     """B's lightningd holds an invoice with this hash, made by B's shell for a Rod."""
     rpc_of(b).invoices.append({"label": rod_shell.INVOICE_LABEL + "1", "bolt11": "lnbcrt1",

@@ -48,11 +48,35 @@ def private_recipient(node_factory, plugin_path, n_before=1, b_extra=None, r_ext
                              **(b_extra or {})})])
     node_factory.join_nodes(front + [r], wait_for_announce=True)
     node_factory.join_nodes([r, b], announce_channels=False)
-    # The first query may beat the channel that makes B a depositor: reconnect to top up.
-    b.rpc.disconnect(r.info["id"], force=True)
-    b.rpc.connect(r.info["id"], "localhost", r.port)
-    wait_for(lambda: depositor(r, b)["level"] == POOL)
+    wait_for(lambda: depositor(r, b)["level"] == POOL)  # B asks again once the channel is usable
     return front, r, b
+
+
+def test_the_pool_fills_once_the_channel_to_the_rod_is_usable(node_factory, plugin_path):
+    """Issue 12, item 7: B meets R before their channel; its pool fills when the channel does.
+
+    R refuses B's first query (not yet its channel peer). The channel reaching
+    CHANNELD_NORMAL makes B ask again at once, not a poll (asyncln-poll-blocks) later.
+    """
+    (r,) = node_factory.get_nodes(1, opts=[opts(plugin_path)])
+    a, b = node_factory.get_nodes(2, opts=[opts(plugin_path), opts(
+        plugin_path, **{"asyncln-rod": rod_of(r), "asyncln-rod-pool": POOL})])
+    node_factory.join_nodes([a, r], wait_for_announce=True)
+    b.rpc.connect(r.info["id"], "localhost", r.port)
+    r.daemon.wait_for_log(f"refusing a deposit from {c_id(b)}: "
+                          "this Rod keeps invoices only for its channel peers")
+    assert depositor(r, b)["level"] == 0
+    node_factory.join_nodes([r, b], announce_channels=False)  # mines one block: no poll is due
+    wait_for(lambda: depositor(r, b)["level"] == POOL)
+    assert len([i for i in b.rpc.listinvoices()["invoices"]
+                if i["label"].startswith("asyncln-rod-")]) == POOL  # nothing minted in vain
+    say("B's pool at R filled as soon as their private channel was usable")
+
+    code = call(b, "asyncln-code")["code"]
+    payment_hash = call(a, "asyncln-pay", invstring=code, amount_msat=25_000,
+                        trampoline=r.info["id"])["payment_hash"]
+    assert_proof_of_payment(wait_status(a, payment_hash, "complete"))
+    assert b.rpc.listinvoices(payment_hash=payment_hash)["invoices"][0]["status"] == "paid"
 
 
 def test_deposit_fetch_at_most_once_and_the_limits(node_factory, plugin_path):
