@@ -212,6 +212,8 @@ class SendPay:
     stays <= ``cltv_expiry - safety``; the shell sends only while lightningd
     is at bitcoind's tip and its height + 1 is at most that.
     ``lost_partids``: pending parts judged lost, which must not be adopted.
+    ``give_up_height``: no attempt starts at or after it, whatever height the
+    relay saw when it planned this one (a block may arrive meanwhile).
     """
 
     payment_hash: str
@@ -223,6 +225,7 @@ class SendPay:
     onion: Optional[str] = None  # version 2: the next holder's asyncln onion (hex), not a recipient
     final_tlvs: FinalTlvs = ()   # odd TLVs for the recipient's payload (not for a next holder)
     lost_partids: Tuple[int, ...] = ()
+    give_up_height: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -473,7 +476,7 @@ class Relay:
                           SendPay(payment_hash, held.partid, tuple(route),
                                   held.record.payment_secret, held.record.total_msat,
                                   max_height, held.record.next_onion, held.record.final_tlvs,
-                                  held.lost_partids)]
+                                  held.lost_partids, held.give_up_height)]
 
     def route_failed(self, payment_hash: str, error: str,
                      unknown_node: Optional[str] = None) -> List[Action]:
@@ -572,9 +575,11 @@ class Relay:
             case Lost():
                 if not self.may_be_in_flight(payment_hash, partid):
                     return []  # a verdict on an attempt that already ended
-                # Only after a later block: a sendpay racing this check has its HTLC by then.
+                # Only two blocks after it was first seen lost: lightningd lists a part's
+                # HTLC only once channeld took the offer, which can take up to 30 s (an
+                # unresponsive peer), and the first check may come right after the send.
                 first = self.lost_since.setdefault((payment_hash, partid), self.height)
-                if self.height > first:
+                if self.height > first + 1:
                     held = self.held[payment_hash]
                     self._put(held, lost_partids=tuple(sorted({*held.lost_partids, partid})))
                     return self.attempt_failed(payment_hash, partid, LOST)

@@ -1038,12 +1038,18 @@ def test_a_failed_probe_search_action_fails_every_attempt():
 
 # --- (h) lightningd's own records --------------------------------------------
 
-def test_lost_attempt_fails_only_at_a_later_height():
+def test_lost_attempt_fails_only_two_blocks_after_it_was_first_seen_lost():
+    """Cold review (issue 11): a part's HTLC shows in listpeerchannels only once channeld took
+    the offer, up to 30 s after sendonion; one block after a check right after the send is
+    not enough to call it lost."""
     relay = forwarding_relay()
     assert relay.attempt_checked(PAYMENT_HASH, 1, Lost()) == []
     assert relay.attempt_checked(PAYMENT_HASH, 1, Lost()) == []
     assert relay.held[PAYMENT_HASH].state == HoldState.FORWARDING
-    relay.block(1007)
+    relay.block(relay.height + 1)
+    assert relay.attempt_checked(PAYMENT_HASH, 1, Lost()) == []
+    assert relay.held[PAYMENT_HASH].state == HoldState.FORWARDING
+    relay.block(relay.height + 1)
     actions = relay.attempt_checked(PAYMENT_HASH, 1, Lost())
     assert kinds(actions) == ["Persist", "NotifyPayer"]
     assert relay.held[PAYMENT_HASH].state == HoldState.HELD
@@ -1057,6 +1063,8 @@ def test_in_flight_resets_the_lost_clock():
     assert relay.attempt_checked(PAYMENT_HASH, 1, InFlight()) == []
     assert relay.attempt_checked(PAYMENT_HASH, 1, Lost()) == []
     relay.block(1008)
+    assert relay.attempt_checked(PAYMENT_HASH, 1, Lost()) == []
+    relay.block(1009)
     assert kinds(relay.attempt_checked(PAYMENT_HASH, 1, Lost())) == ["Persist", "NotifyPayer"]
 
 
@@ -1066,6 +1074,8 @@ def test_lost_past_the_deadline_fails_back():
     relay.attempt_checked(PAYMENT_HASH, 1, Lost())
     assert relay.held[PAYMENT_HASH].state == HoldState.FORWARDING
     relay.block(1101)
+    relay.attempt_checked(PAYMENT_HASH, 1, Lost())
+    relay.block(1102)
     actions = relay.attempt_checked(PAYMENT_HASH, 1, Lost())
     assert actions[-1] == fail_back(f"recipient unreachable: {hold.LOST}")
 

@@ -159,7 +159,7 @@ def final_payload_sent(rpc):
 
 def lost_then_retried(rec, parts, height=1000):
     """S sent attempt 1 and crashed; lightningd keeps it pending with no HTLC. S judges it
-    lost at two heights, and its next poll finds a route: the shell's next moves."""
+    lost two blocks after first seeing it so, and its next poll finds a route: the shell's next moves."""
     rpc = RecordingRpc(listsendpays={"payments": parts},
                        getroutes=route_answer(rec.next_node, rec.amount_msat, rec.final_cltv_delta),
                        createonion={"onion": "00" * 1366, "shared_secrets": ["33" * 32]},
@@ -172,11 +172,12 @@ def lost_then_retried(rec, parts, height=1000):
         send = shell.relay.route_found(PAYMENT_HASH, direct_route(rec))[-1]
         assert shell.relay.may_send(PAYMENT_HASH, send.partid)  # handed to sendonion; crash
     shell.check_attempt(PAYMENT_HASH, send.partid)                # Lost, first seen
-    for method in ("getinfo", "getchaininfo"):
-        rpc.answers[method] = {**rpc.call(method), "blockheight": height + 1,
-                               "headercount": height + 1, "blockcount": height + 1}
-    shell.check_chain()
-    shell.check_attempt(PAYMENT_HASH, send.partid)                # Lost at a later height
+    for later in (height + 1, height + 2):                        # Lost two blocks later
+        for method in ("getinfo", "getchaininfo"):
+            rpc.answers[method] = {**rpc.call(method), "blockheight": later,
+                                   "headercount": later, "blockcount": later}
+        shell.check_chain()
+        shell.check_attempt(PAYMENT_HASH, send.partid)
     assert shell.relay.held[PAYMENT_HASH].lost_partids == (send.partid,)
     with shell.lock:
         actions = shell.relay.poll(PAYMENT_HASH)
@@ -216,7 +217,7 @@ def test_the_recipient_payload_is_built_by_the_holder_with_the_payers_final_tlvs
     tlvs = final_payload_sent(rpc)
     [sent] = [p for m, p in rpc.calls if m == "sendonion"]
     delay = sent["first_hop"]["delay"]
-    assert tlvs == {2: encode_tu(100_000), 4: encode_tu(1001 + 1 + delay),
+    assert tlvs == {2: encode_tu(100_000), 4: encode_tu(1002 + 1 + delay),   # sent at 1002
                     8: bytes.fromhex("22" * 32) + encode_tu(100_000),
                     66105: b"commitment", 70001: b"\x01"}
 
