@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pyln.client import RpcError
 from pyln.client.plugin import RequestState
 
-from asyncln import hold, node as node_module, peel
+from asyncln import hold, holder_shell, peel, port
 from asyncln.errors import AsynclnError
 from asyncln.node import Node
 from asyncln.policy import Policy
@@ -38,8 +38,8 @@ POLICY = Policy(poll_blocks=3, max_hold_blocks=40, safety_blocks=6)
 ERRORS = [RuntimeError, ValueError, KeyError]
 # Every step of htlc_accepted, the replay path, the worker's actions and the answer.
 FAULTS = {
-    "carries_record": (node_module, "carries_record"),
-    "incoming_from_hook": (node_module, "incoming_from_hook"),
+    "carries_record": (holder_shell, "carries_record"),
+    "incoming_from_hook": (holder_shell, "incoming_from_hook"),
     "peel.read": (peel, "read"),
     "Relay.replay": (hold.Relay, "replay"),
     "Relay.admit": (hold.Relay, "admit"),
@@ -274,7 +274,7 @@ class AnswerMachine(RuleBasedStateMachine):
         except Exception:  # plugin.py's last resort
             try:
                 if request.state == RequestState.PENDING and self.node.may_fail(params, request):
-                    request.set_result(node_module.FAIL_TEMPORARY)
+                    request.set_result(port.FAIL_TEMPORARY)
             except Exception:
                 pass
         if request.state == RequestState.PENDING and not any(
