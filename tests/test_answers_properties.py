@@ -26,8 +26,10 @@ from pyln.client.plugin import RequestState
 
 from asyncln import hold, holder_shell, peel, port
 from asyncln.errors import AsynclnError
+from asyncln.holder_shell import HolderShell
 from asyncln.node import Node
 from asyncln.policy import Policy
+from asyncln.port import Port
 from asyncln.states import HOLD_OPEN
 from asyncln.store import Store
 
@@ -47,10 +49,10 @@ FAULTS = {
     "Relay.answered": (hold.Relay, "answered"),
     "Relay.action_failed": (hold.Relay, "action_failed"),
     "Relay.attempt_checked": (hold.Relay, "attempt_checked"),
-    "Node._tell": (Node, "_tell"),
-    "Node.execute": (Node, "execute"),
-    "Node.answer": (Node, "answer"),
-    "Node.refresh_channels": (Node, "refresh_channels"),
+    "Node._tell": (HolderShell, "_tell"),
+    "Node.execute": (HolderShell, "execute"),
+    "Node.answer": (Node, "answer"),  # Node's own: the machine's wrapper of Port.answer
+    "Node.refresh_channels": (Port, "refresh_channels"),
     "Store.put": (Store, "put"),
 }
 
