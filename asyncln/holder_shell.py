@@ -113,6 +113,8 @@ class HolderShell:
         return replace(held, incoming=replace(held.incoming,
                                               channel_id=self.channels.get(held.incoming.channel)))
 
+    # --- the worker's side: carrying out the core's actions --------------------
+
     def submit_actions(self, actions: List[hold.Action]) -> None:
         if actions:
             urgent = any(isinstance(a, (hold.ResolveIncoming, hold.FailIncoming)) for a in actions)
@@ -173,6 +175,8 @@ class HolderShell:
             case _:
                 assert_never(action)
         return []
+
+    # --- the holding node's actions --------------------------------------------
 
     def find_route(self, action: hold.FindRoute) -> List[hold.Action]:
         layer = self.hint_layer(action) if action.hints else None
@@ -353,6 +357,8 @@ class HolderShell:
             if isinstance(data, dict) and "failcode" in data:
                 return judge_failure(data, rpc_message(e))
         return None
+
+    # --- events from hooks and notifications (dispatch thread: no I/O) ---------
 
     def htlc_accepted(self, hook_onion: dict, htlc: dict, peer_id: Optional[str], request,
                       refreshed: bool = False) -> None:
@@ -616,6 +622,8 @@ class HolderShell:
             return
         self.log(f"payer {peer} cancelled {payment_hash}")
         self.send(peer, messages.CancelAnswer(payment_hash, True, hold.CANCELLED_BY_PAYER))
+
+    # --- operator views --------------------------------------------------------
 
     def listheld(self, payment_hash: Optional[str] = None) -> dict:
         with self.lock:

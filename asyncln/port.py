@@ -76,6 +76,8 @@ class Port:
         with self.lock:
             self.channels.update(names)
 
+    # --- the worker ------------------------------------------------------------
+
     def submit(self, job: Callable[[], None], urgent: bool = False) -> None:
         with self._cv:
             (self._jobs.appendleft if urgent else self._jobs.append)(job)
@@ -131,6 +133,8 @@ class Port:
         if now - self._last_reconcile >= RECONCILE_SECONDS:
             self.reconcile()
 
+    # --- the answer table and messages -----------------------------------------
+
     def answer(self, payment_hash: str, key: str, result: dict, what: str) -> None:
         """Answer the request lightningd named ``key``, then tell the core it was delivered."""
         with self.lock:
@@ -165,6 +169,8 @@ class Port:
         except RpcError as e:
             self.log(f"could not message {peer}: {rpc_message(e)}", level="debug")
             return False
+
+    # --- peers -----------------------------------------------------------------
 
     def connected_peers(self) -> set:
         return {p["id"] for p in self.rpc.call("listpeers")["peers"] if p.get("connected")}
