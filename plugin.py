@@ -20,8 +20,9 @@ from pyln.client.plugin import Method, RequestState  # noqa: E402
 from asyncln import __version__, messages, params, recipient, rod  # noqa: E402
 from asyncln.errors import AsynclnError, Code  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
-from asyncln.node import CONTINUE, FAIL_TEMPORARY, Node  # noqa: E402
+from asyncln.node import Node  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
+from asyncln.port import CONTINUE, FAIL_TEMPORARY  # noqa: E402
 from asyncln.states import PAY_OPEN  # noqa: E402
 
 OPTION_HELP = {

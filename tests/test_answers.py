@@ -10,7 +10,7 @@ from factories import (CHANNEL_ID, PAYER, PAYMENT_HASH, PREIMAGE, Request, chann
                        payload, record)
 from test_node import RecordingRpc
 
-from asyncln import hold, node as node_module
+from asyncln import hold, node as node_module, port
 from asyncln.node import Node
 from asyncln.policy import Policy
 from asyncln.states import HoldState
@@ -220,7 +220,7 @@ def test_a_replay_whose_attempt_is_in_flight_is_never_parsed_nor_failed(monkeypa
     forwarding(node)
     restarted, _, logs = shell(datastore=saved(node))
     monkeypatch.setattr(broken.replace("peel.", "asyncln.peel.") if "." in broken
-                        else f"asyncln.node.{broken}", boom)
+                        else f"asyncln.holder_shell.{broken}", boom)
     replay = arrive(restarted)
     drain(restarted)
     assert replay.results == []
@@ -267,7 +267,7 @@ def test_an_error_on_an_htlc_with_no_record_fails_it(monkeypatch):
     node, _, _ = shell()
     monkeypatch.setattr("asyncln.peel.read", boom)
     request = arrive(node)
-    assert request.results == [node_module.FAIL_TEMPORARY]
+    assert request.results == [port.FAIL_TEMPORARY]
     assert PAYMENT_HASH not in node.relay.held and node.pending == {}
 
 
@@ -307,9 +307,9 @@ def test_the_channel_map_takes_our_names_only_never_the_peers_alias():
     mine = channel()
     theirs = dict(channel("dd" * 32, "104x1x0", "2x0x0"), alias={"local": "2x0x0",
                                                                  "remote": "103x1x0"})
-    assert node_module.channel_names([mine, theirs]) == {
+    assert port.channel_names([mine, theirs]) == {
         "103x1x0": CHANNEL_ID, "1x0x0": CHANNEL_ID, "104x1x0": "dd" * 32, "2x0x0": "dd" * 32}
-    assert node_module.channel_names([channel(scid=None), {"short_channel_id": "5x5x5"}]) == {
+    assert port.channel_names([channel(scid=None), {"short_channel_id": "5x5x5"}]) == {
         "1x0x0": CHANNEL_ID}
 
 

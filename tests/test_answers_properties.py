@@ -24,10 +24,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from pyln.client import RpcError
 from pyln.client.plugin import RequestState
 
-from asyncln import hold, node as node_module, peel
+from asyncln import hold, holder_shell, peel, port
 from asyncln.errors import AsynclnError
+from asyncln.holder_shell import HolderShell
 from asyncln.node import Node
 from asyncln.policy import Policy
+from asyncln.port import Port
 from asyncln.states import HOLD_OPEN
 from asyncln.store import Store
 
@@ -38,8 +40,8 @@ POLICY = Policy(poll_blocks=3, max_hold_blocks=40, safety_blocks=6)
 ERRORS = [RuntimeError, ValueError, KeyError]
 # Every step of htlc_accepted, the replay path, the worker's actions and the answer.
 FAULTS = {
-    "carries_record": (node_module, "carries_record"),
-    "incoming_from_hook": (node_module, "incoming_from_hook"),
+    "carries_record": (holder_shell, "carries_record"),
+    "incoming_from_hook": (holder_shell, "incoming_from_hook"),
     "peel.read": (peel, "read"),
     "Relay.replay": (hold.Relay, "replay"),
     "Relay.admit": (hold.Relay, "admit"),
@@ -47,10 +49,10 @@ FAULTS = {
     "Relay.answered": (hold.Relay, "answered"),
     "Relay.action_failed": (hold.Relay, "action_failed"),
     "Relay.attempt_checked": (hold.Relay, "attempt_checked"),
-    "Node._tell": (Node, "_tell"),
-    "Node.execute": (Node, "execute"),
-    "Node.answer": (Node, "answer"),
-    "Node.refresh_channels": (Node, "refresh_channels"),
+    "Node._tell": (HolderShell, "_tell"),
+    "Node.execute": (HolderShell, "execute"),
+    "Node.answer": (Node, "answer"),  # Node's own: the machine's wrapper of Port.answer
+    "Node.refresh_channels": (Port, "refresh_channels"),
     "Store.put": (Store, "put"),
 }
 
@@ -274,7 +276,7 @@ class AnswerMachine(RuleBasedStateMachine):
         except Exception:  # plugin.py's last resort
             try:
                 if request.state == RequestState.PENDING and self.node.may_fail(params, request):
-                    request.set_result(node_module.FAIL_TEMPORARY)
+                    request.set_result(port.FAIL_TEMPORARY)
             except Exception:
                 pass
         if request.state == RequestState.PENDING and not any(

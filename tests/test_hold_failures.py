@@ -1,6 +1,6 @@
 """Money safety while the shell's actions fail: the relay driven by a simulated shell.
 
-The shell here does what asyncln/node.py's Node.run does: it carries out
+The shell here does what asyncln/holder_shell.py's HolderShell.run does: it carries out
 the relay's actions in order against a fake datastore and a fake
 lightningd (hook requests waiting for an answer, sendpay parts, routes),
 and an action that fails is reported through Relay.action_failed while

@@ -9,7 +9,8 @@ from factories import (PAYER, PAYMENT_HASH, PREIMAGE, channel, direct_route, inc
                        record)
 
 from asyncln import hold, messages
-from asyncln.node import QUEUED_PER_PEER, Node
+from asyncln.node import Node
+from asyncln.port import QUEUED_PER_PEER
 from asyncln.policy import Policy
 
 
