@@ -253,6 +253,12 @@ class HolderShell:
                 return (self.relay.send_refused(action.payment_hash, action.partid,
                                                 "lightningd is catching up with bitcoind's tip")
                         + self.relay.chain(height, False))
+        if action.give_up_height is not None and height >= action.give_up_height:
+            with self.lock:  # a block came since the relay planned this: it gives up now
+                return (self.relay.send_refused(action.payment_hash, action.partid,
+                                                f"at height {height} the give-up height "
+                                                f"{action.give_up_height} has come")
+                        + self.relay.chain(height, True))
         if height + 1 > action.max_height:
             with self.lock:
                 return self.relay.send_refused(
@@ -265,8 +271,11 @@ class HolderShell:
         if done is not None:
             with self.lock:  # paid already, whoever sent it: resolve, never send again
                 return self.relay.attempt_succeeded(action.payment_hash, done["payment_preimage"])
-        pending = [p.get("partid", 0) for p in parts if p.get("status") == "pending"
-                   and p.get("partid", 0) not in action.lost_partids]
+        every_pending = [p.get("partid", 0) for p in parts if p.get("status") == "pending"]
+        pending = [partid for partid in every_pending if partid not in action.lost_partids]
+        if every_pending and not pending and action.payment_hash in outgoing_htlc_hashes(
+                self.rpc.call("listpeerchannels")["channels"]):
+            pending = every_pending  # a part judged lost has its HTLC after all: never send beside it
         if pending:
             with self.lock:  # one live attempt per hash: settle that one first
                 return self.relay.adopt_attempt(action.payment_hash, action.partid, max(pending))
