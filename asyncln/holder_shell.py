@@ -85,6 +85,13 @@ def carries_record(hook_onion: dict) -> bool:
         return True  # the relay refuses it, with the failure that fits
 
 
+def held_line(h: hold.HeldPayment) -> str:
+    """The operator's one line per state change of a held payment (saved, so it happened)."""
+    line = (f"held payment {h.payment_hash}: {h.state.value}, {h.incoming.amount_msat} msat in, "
+            f"{h.record.amount_msat} msat to {h.record.next_node}, gives up at block {h.give_up_height}")
+    return f"{line}, reason: {h.last_error}" if h.last_error else line
+
+
 def held_json(h: hold.HeldPayment) -> dict:
     out = {"payment_hash": h.payment_hash, "state": h.state.value, "next_node": h.record.next_node,
            "incoming_msat": h.incoming.amount_msat, "outgoing_msat": h.record.amount_msat,
@@ -149,6 +156,11 @@ class HolderShell:
                 with self.lock:
                     current = self.relay.held.get(held.payment_hash, held)
                 self.store.put("held", held.payment_hash, current.to_json())
+                with self.lock:  # the state this Persist was for, even if saved later
+                    changed = self.logged_states.get(held.payment_hash) != held.state
+                    self.logged_states[held.payment_hash] = held.state
+                if changed:
+                    self.log(held_line(held))
             case hold.Forget(payment_hash=payment_hash):
                 self.store.delete("held", payment_hash)
                 with self.lock:
@@ -292,7 +304,7 @@ class HolderShell:
             # Believe lightningd's records, not the error.
             self.log(f"sendonion for {action.payment_hash} answered: {rpc_message(e)}", level="info")
             return [hold.CheckAttempt(action.payment_hash, action.partid)]
-        self.log(f"forwarding held payment {action.payment_hash} (part {action.partid})")
+        self.log(f"forwarding held payment {action.payment_hash} (part {action.partid})", level="debug")
         if result.get("status") == "complete":
             with self.lock:
                 return self.relay.attempt_succeeded(action.payment_hash, result["payment_preimage"])

@@ -56,6 +56,8 @@ class Node(HolderShell, PayerShell, Port):
                                 accept_new=refused_options is None)
         # Records that just learnt their channel id: startup's reconcile writes them.
         self.relay.unsaved.update(h.payment_hash for h, old in zip(held, loaded) if h is not old)
+        # hash -> the state last logged at info: one line per state change, not per save
+        self.logged_states = {h.payment_hash: h.state for h in held}
         self.pays: Dict[str, payer.Pay] = self._load("pay", payer.Pay.from_json)
         self.terms: Dict[str, Policy] = {}   # peer -> the terms its INFO announced
         # Incoming.key (channel/HTLC id, as lightningd named it) -> the htlc_accepted

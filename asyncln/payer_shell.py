@@ -32,7 +32,12 @@ class PayerShell:
     def save_pay(self, pay: payer.Pay, durable: bool = True) -> None:
         """Memory at once; the datastore now (``durable``) or from the worker."""
         with self.lock:
+            before = self.pays.get(pay.payment_hash)
             self.pays[pay.payment_hash] = pay
+        if before is None or before.status != pay.status:
+            reason = f", reason: {pay.reason}" if pay.reason else ""
+            self.log(f"payment {pay.payment_hash}: {pay.status.value}, {pay.amount_msat} msat "
+                     f"through {pay.trampoline}{reason}")
         if durable:
             self.store.put("pay", pay.payment_hash, pay.to_json())
         else:

@@ -125,6 +125,7 @@ class PluginProcess:
         self.next_id = 0
         self.buffered = {}
         self.logs = []
+        self.levels = []   # (level, message) of each log line
         self.decoder, self.buf = json.JSONDecoder(), ""
         self.lock = threading.Lock()
 
@@ -170,6 +171,7 @@ class PluginProcess:
                         self.buffered[msg["id"]] = msg
                     elif msg.get("method") == "log":
                         self.logs.append(msg["params"]["message"])
+                        self.levels.append((msg["params"].get("level"), msg["params"]["message"]))
                     return
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([self.proc.stdout], [], [], remaining)[0]:

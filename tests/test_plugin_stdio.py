@@ -779,3 +779,25 @@ def test_a_usable_channel_to_my_rod_asks_it_for_my_pool_at_once(node):
     wait_for(lambda: len(sent(rpc, messages.Deposit)) == 2)
     plugin.request("asyncln-getinfo", {})  # after every notification
     assert sent(rpc, messages.Deposit) == [(ROD, messages.Deposit(()))] * 2
+
+
+def test_one_info_line_per_state_change_of_a_held_payment_and_a_malformed_call_logs_nothing(node):
+    """Issue 12.3: the operator sees hold and give-up once each, with hash, amounts, next node,
+    give-up height and reason, all tagged asyncln; retries are debug; a user's mistake is no traceback."""
+    plugin, rpc = started(node)
+    hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
+                                                    110_000, 1500, peer_id=PAYER))
+    wait_for(lambda: plugin.request("asyncln-listheld", {})["result"]["held"])
+    give_up = plugin.request("asyncln-listheld", {})["result"]["held"][0]["give_up_height"]
+    for height in (1006, 1012, give_up):           # two polls (retries), then the give-up
+        plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": height}})
+    assert plugin.response(hook)["result"]["result"] == "fail"
+    assert plugin.request("asyncln-listpays", {"payment_hash": "xyz"})["error"]["code"] == -32602
+    plugin.request("asyncln-getinfo", {})
+    info = [m for level, m in plugin.levels if level == "info" and PAYMENT_HASH in m]
+    assert [m.split(": ")[2].split(",")[0] for m in info if "held payment" in m] == ["held", "failed"], info
+    failed = next(m for m in info if ": failed," in m)
+    assert all(word in failed for word in ("110000 msat in", RECIPIENT, f"gives up at block {give_up}",
+                                           "reason:"))
+    assert all(m.startswith("asyncln: ") for _, m in plugin.levels)
+    assert not [m for _, m in plugin.levels if "Traceback" in m]
