@@ -408,9 +408,10 @@ def on_failure(pay: Pay, partid: Optional[int], groupid: Optional[int],
     from_trampoline = erring_index == pay.trampoline_index
     if from_trampoline and pay.reason:
         reason = pay.reason  # the holding node told us why
-    elif (from_trampoline and failcode == failures.TEMPORARY_TRAMPOLINE_FAILURE
-          and pay.status == PayState.HELD):
-        reason = "recipient stayed offline: the holding node gave up"
+    elif from_trampoline and failcode == failures.TEMPORARY_TRAMPOLINE_FAILURE:
+        # The holder's "held" report may not have arrived yet: the code alone says it gave up.
+        reason = ("recipient stayed offline: the holding node gave up" if pay.status == PayState.HELD
+                  else failures.TRAMPOLINE_FAILURES[failcode])
     elif from_trampoline and failcode == failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT:
         reason = f"a holding node wants more fee or CLTV (retry with a larger budget): {message}"
     elif from_trampoline and failcode == failures.UNKNOWN_NEXT_TRAMPOLINE:
