@@ -129,6 +129,9 @@ class HeldPayment:
     # Parts lightningd lists as pending with no HTLC behind them, judged lost
     # (CLN #3916): they never block a new attempt, which sendonion allows.
     lost_partids: Tuple[int, ...] = ()
+    # The first hop's amount of the attempt last sent: what delivery cost us
+    # (counters.fee_earned). None in records from before it was stored.
+    sent_msat: Optional[int] = None
     # Whether lightningd waits on our hook answer for this HTLC: true until
     # the shell reports the answer delivered (Relay.answered), not merely
     # decided. Not persisted: after a restart only a replayed hook re-attaches it.
@@ -468,7 +471,7 @@ class Relay:
             return actions + self._attempt_failed(held, problem)
         route = self._with_spare_blocks(held, route)
         held = self._put(held, state=HoldState.FORWARDING, last_error=None, partid=held.partid + 1,
-                         hops=len(route))
+                         hops=len(route), sent_msat=route[0]["amount_msat"])
         self.unsent.add((payment_hash, held.partid))
         max_height = (held.incoming.cltv_expiry - self.policy.safety_blocks
                       - route[0]["delay"] - 1)
