@@ -7,7 +7,9 @@ its HTLC expired (lightningd can no longer replay it), and a served hash
 once its invoice expired, so every count is "since the oldest kept record".
 """
 
-from typing import Iterable
+import math
+import statistics
+from typing import Iterable, List
 
 from . import failures
 from .hold import CANCELLED_BY_PAYER, GAVE_UP, HeldPayment
@@ -22,6 +24,7 @@ REFUSED_BY_RECIPIENT = "refused_by_recipient"  # the recipient itself failed the
 NEXT_HOLDER_FAILED = "next_holder_failed"      # the next holder gave up, wanted more, or is unknown
 OTHER = "other"
 REASONS = (RECIPIENT_OFFLINE, CANCELLED, REFUSED_BY_RECIPIENT, NEXT_HOLDER_FAILED, OTHER)
+LATENCY_WINDOW = 100  # the deliveries wake_to_paid looks at, latest first
 
 
 def failure_reason(held: HeldPayment) -> str:
@@ -35,7 +38,7 @@ def failure_reason(held: HeldPayment) -> str:
         return REFUSED_BY_RECIPIENT
     if held.record.next_onion is not None and (
             error.startswith("unknown next holder")
-            or held.failure_message is not None and held.failure_message != failures.temporary_trampoline_failure()):
+            or held.failure_message not in (None, failures.temporary_trampoline_failure())):
         return NEXT_HOLDER_FAILED  # a version-2 record's next holder answered, or never appeared
     return OTHER
 
@@ -49,6 +52,21 @@ def fee_earned(held: HeldPayment) -> int:
     """
     sent = held.sent_msat if held.sent_msat is not None else held.record.amount_msat
     return held.incoming.amount_msat - sent
+
+
+def wake_to_paid(delivered: Iterable[HeldPayment]) -> dict:
+    """Median and p90 (nearest rank) seconds from sending the attempt that delivered
+    (hold.HeldPayment.woken_at) to its preimage, over the latest LATENCY_WINDOW
+    deliveries that carry both times (records from before they were stored do not)."""
+    timed = sorted((h.paid_at, h.woken_at) for h in delivered
+                   if h.paid_at is not None and h.woken_at is not None)[-LATENCY_WINDOW:]
+    # A wall clock stepped back between the two stamps must not report a negative time.
+    seconds: List[float] = sorted(max(0.0, paid - woken) for paid, woken in timed)
+    if not seconds:
+        return {"deliveries": 0, "median_seconds": None, "p90_seconds": None}
+    return {"deliveries": len(seconds),
+            "median_seconds": round(statistics.median(seconds), 3),
+            "p90_seconds": round(seconds[math.ceil(0.9 * len(seconds)) - 1], 3)}
 
 
 def counters(held: Iterable[HeldPayment], pools: Iterable[Pool]) -> dict:
@@ -67,4 +85,5 @@ def counters(held: Iterable[HeldPayment], pools: Iterable[Pool]) -> dict:
         "fees_earned_msat": sum(map(fee_earned, delivered)),
         "rod_invoices_served": sum(len(p.served) for p in pools),
         "rod_notes_kept": sum(len(p.notes) for p in pools),
+        "wake_to_paid": wake_to_paid(delivered),
     }

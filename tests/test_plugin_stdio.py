@@ -803,6 +803,8 @@ def test_getinfo_counts_a_hold_then_a_delivery(node):
         "payment_hash": PAYMENT_HASH, "payment_preimage": PREIMAGE}})
     assert plugin.response(hook)["result"] == {"result": "resolve", "payment_key": PREIMAGE}
     counters = plugin.request("asyncln-getinfo", {})["result"]["counters"]
+    latency = counters.pop("wake_to_paid")
+    assert latency["deliveries"] == 1 and 0 <= latency["median_seconds"] == latency["p90_seconds"] < 10
     assert counters == {
         "payments_held": 1, "payments_open": 0, "payments_delivered": 1, "payments_failed_back": 0,
         "failed_back_by_reason": {"recipient_offline": 0, "cancelled": 0, "refused_by_recipient": 0,
