@@ -31,9 +31,10 @@ is still owed, so one failed RPC never strands a payment.
 
 import hashlib
 import heapq
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, Iterable, List, Optional, Set, Tuple, Union, assert_never
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple, Union, assert_never
 
 from . import chain, failures
 from .chain import HEIGHT_SLACK
@@ -129,6 +130,14 @@ class HeldPayment:
     # Parts lightningd lists as pending with no HTLC behind them, judged lost
     # (CLN #3916): they never block a new attempt, which sendonion allows.
     lost_partids: Tuple[int, ...] = ()
+    # The first hop's amount of the attempt last sent: what delivery cost us
+    # (counters.fee_earned). None in records from before it was stored.
+    sent_msat: Optional[int] = None
+    # Unix times, for counters' wake-to-paid latency: when that attempt was sent
+    # (the next node just seen reachable: it came online, or a poll found a
+    # route), and when its preimage arrived. None in older records.
+    woken_at: Optional[float] = None
+    paid_at: Optional[float] = None
     # Whether lightningd waits on our hook answer for this HTLC: true until
     # the shell reports the answer delivered (Relay.answered), not merely
     # decided. Not persisted: after a restart only a replayed hook re-attaches it.
@@ -274,8 +283,10 @@ class Relay:
     """All payments this node holds for others."""
 
     def __init__(self, policy: Policy, height: int, held: Iterable[HeldPayment] = (),
-                 synced: bool = True, accept_new: bool = True):
+                 synced: bool = True, accept_new: bool = True,
+                 clock: Callable[[], float] = time.time):
         self.policy = policy
+        self.clock = clock            # only stamps records for counters; decides nothing
         self.height = height
         self.synced = synced          # lightningd reports it is caught up with bitcoind
         self.accept_new = accept_new  # False when the operator's options were refused
@@ -468,7 +479,8 @@ class Relay:
             return actions + self._attempt_failed(held, problem)
         route = self._with_spare_blocks(held, route)
         held = self._put(held, state=HoldState.FORWARDING, last_error=None, partid=held.partid + 1,
-                         hops=len(route))
+                         hops=len(route), sent_msat=route[0]["amount_msat"],
+                         woken_at=self.clock())
         self.unsent.add((payment_hash, held.partid))
         max_height = (held.incoming.cltv_expiry - self.policy.safety_blocks
                       - route[0]["delay"] - 1)
@@ -559,7 +571,8 @@ class Relay:
         if hashlib.sha256(bytes.fromhex(preimage)).hexdigest() != payment_hash:
             return []
         self.lost_since.pop((payment_hash, held.partid), None)
-        held = self._put(held, state=HoldState.COMPLETE, preimage=preimage, last_error=None)
+        held = self._put(held, state=HoldState.COMPLETE, preimage=preimage, last_error=None,
+                         paid_at=self.clock())
         return [Persist(held)] + self._answer(held)
 
     def attempt_checked(self, payment_hash: str, partid: int, outcome: Outcome) -> List[Action]:

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import replace
 from typing import Callable, Dict, Optional, Sequence, assert_never
 
-from . import __version__, hold, messages, onion, payer, rod
+from . import __version__, counters, hold, messages, onion, payer, rod
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT
 from .holder_shell import HolderShell, held_json
@@ -184,6 +184,9 @@ class Node(HolderShell, PayerShell, Port):
                 "options": relay.policy.as_json(),
                 "held": {s.value: sum(h.state == s for h in relay.held.values()) for s in HoldState},
                 "held_msat": relay.active_msat,
+                "counters": counters.counters(
+                    relay.held.values(),
+                    (self.rods.rod.pool(d) for d in self.rods.rod.depositors())),
                 "pays": {s.value: sum(p.status == s for p in self.pays.values()) for s in PayState},
                 "trampolines": [{"id": peer, "relay": i.relay, "fee_base_msat": i.fee_base_msat,
                                  "fee_ppm": i.fee_ppm, "max_hold_blocks": i.max_hold_blocks,

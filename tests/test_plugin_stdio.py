@@ -801,3 +801,35 @@ def test_one_info_line_per_state_change_of_a_held_payment_and_a_malformed_call_l
                                            "reason:"))
     assert all(m.startswith("asyncln: ") for _, m in plugin.levels)
     assert not [m for _, m in plugin.levels if "Traceback" in m]
+
+
+def test_getinfo_counts_a_hold_then_a_delivery(node):
+    plugin, rpc = started(node)
+    hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
+                                                    110_000, 1500, peer_id=PAYER))
+    assert plugin.answered(hook) is None
+    wait_for(lambda: rpc.called("getroutes"))
+    counters = plugin.request("asyncln-getinfo", {})["result"]["counters"]
+    assert (counters["payments_held"], counters["payments_open"], counters["held_now_msat"]) == (1, 1, 110_000)
+
+    rpc.handlers.update({
+        "getroutes": lambda p: {"routes": [{"path": [{
+            "node_id_out": p["destination"], "short_channel_id_dir": "105x1x0/0",
+            "amount_out_msat": p["amount_msat"], "cltv_out": p["final_cltv"]}]}]},
+        "createonion": lambda p: {"onion": "00" * 1366, "shared_secrets": ["33" * 32]},
+        "sendonion": lambda p: {"status": "pending"},
+    })
+    plugin.request("custommsg", {"peer_id": RECIPIENT, "payload": messages.encode(messages.Online())})
+    wait_for(lambda: rpc.called("sendonion"))
+    plugin.notify("sendpay_success", {"sendpay_success": {
+        "payment_hash": PAYMENT_HASH, "payment_preimage": PREIMAGE}})
+    assert plugin.response(hook)["result"] == {"result": "resolve", "payment_key": PREIMAGE}
+    counters = plugin.request("asyncln-getinfo", {})["result"]["counters"]
+    latency = counters.pop("wake_to_paid")
+    assert latency["deliveries"] == 1 and 0 <= latency["median_seconds"] == latency["p90_seconds"] < 10
+    assert counters == {
+        "payments_held": 1, "payments_open": 0, "payments_delivered": 1, "payments_failed_back": 0,
+        "failed_back_by_reason": {"recipient_offline": 0, "cancelled": 0, "refused_by_recipient": 0,
+                                  "next_holder_failed": 0, "other": 0},
+        "held_now_msat": 0, "fees_earned_msat": 10_000,
+        "rod_invoices_served": 0, "rod_notes_kept": 0}
