@@ -158,9 +158,9 @@ def final_payload_sent(rpc):
     return decode_tlv_stream(raw[offset:], known_even=(2, 4, 8))
 
 
-def lost_then_retried(rec, parts, height=1000):
+def judged_lost(rec, parts, height=1000):
     """S sent attempt 1 and crashed; lightningd keeps it pending with no HTLC. S judges it
-    lost two blocks after first seeing it so, and its next poll finds a route: the shell's next moves."""
+    lost two blocks after first seeing it so."""
     rpc = RecordingRpc(listsendpays={"payments": parts},
                        getroutes=route_answer(rec.next_node, rec.amount_msat, rec.final_cltv_delta),
                        createonion={"onion": "00" * 1366, "shared_secrets": ["33" * 32]},
@@ -180,6 +180,12 @@ def lost_then_retried(rec, parts, height=1000):
         shell.check_chain()
         shell.check_attempt(PAYMENT_HASH, send.partid)
     assert shell.relay.held[PAYMENT_HASH].lost_partids == (send.partid,)
+    return rpc, shell
+
+
+def lost_then_retried(rec, parts, height=1000):
+    """...and its next poll finds a route: the shell's next moves."""
+    rpc, shell = judged_lost(rec, parts, height)
     with shell.lock:
         actions = shell.relay.poll(PAYMENT_HASH)
     shell.run(actions)

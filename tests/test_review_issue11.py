@@ -1,7 +1,7 @@
 """Cold review of issue 11's money paths: each finding as a test that failed before its fix."""
 
 from factories import PAYER, PAYMENT_HASH, channel, direct_route, incoming, payload, record
-from test_node import RecordingRpc, node, route_answer
+from test_node import RecordingRpc, judged_lost, node
 
 from asyncln import hold
 
@@ -10,25 +10,7 @@ def test_a_lost_part_whose_htlc_shows_up_is_not_passed_over():
     """channeld may list a part's HTLC only after lightningd's 30 s offer timeout: a part
     judged lost whose HTLC then shows must be adopted, never sent beside (two live HTLCs)."""
     rec = record()
-    parts = [{"partid": 1, "groupid": 1, "status": "pending", "amount_msat": 100_000}]
-    rpc = RecordingRpc(listsendpays={"payments": parts},
-                       getroutes=route_answer(rec.next_node, rec.amount_msat, rec.final_cltv_delta),
-                       createonion={"onion": "00" * 1366, "shared_secrets": ["33" * 32]},
-                       sendonion={"status": "pending"})
-    shell = node(rpc)
-    with shell.lock:
-        shell.relay.admit(PAYMENT_HASH, incoming(), rec, 0, 110_000, 1500)
-        shell.relay.route_failed(PAYMENT_HASH, "offline")
-        shell.relay.poll(PAYMENT_HASH)
-        send = shell.relay.route_found(PAYMENT_HASH, direct_route(rec))[-1]
-        assert shell.relay.may_send(PAYMENT_HASH, send.partid)
-    shell.check_attempt(PAYMENT_HASH, 1)          # reconcile right after the send: first seen lost
-    for later in (1001, 1002):
-        for method in ("getinfo", "getchaininfo"):
-            rpc.answers[method] = {**rpc.call(method), "blockheight": later,
-                                   "headercount": later, "blockcount": later}
-        shell.check_chain()
-        shell.check_attempt(PAYMENT_HASH, 1)
+    rpc, shell = judged_lost(rec, [{"partid": 1, "groupid": 1, "status": "pending", "amount_msat": 100_000}])
     assert shell.relay.held[PAYMENT_HASH].lost_partids == (1,)
     rpc.answers["listpeerchannels"] = {"channels": [{**channel(), "htlcs": [   # channeld committed it
         {"direction": "out", "id": 0, "payment_hash": PAYMENT_HASH, "amount_msat": 100_000,
