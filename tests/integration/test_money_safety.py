@@ -59,7 +59,7 @@ def test_replay_after_a_zero_conf_channel_confirms(node_factory, bitcoind, plugi
     assert channel_with(s, a)["state"] == "CHANNELD_NORMAL"
 
 
-def test_holder_down_across_the_give_up_height_never_pays_late(node_factory, bitcoind, plugin_path):
+def test_holder_down_past_give_up_never_pays_late(node_factory, bitcoind, plugin_path):
     """Item 2: S restarts past the give-up height with B back: A fails, B is not paid."""
     a, s, b = node_factory.line_graph(3, opts=[opts(plugin_path), opts(plugin_path, may_fail=True),
                                                opts(plugin_path)], wait_for_announce=True)
@@ -82,7 +82,7 @@ def test_holder_down_across_the_give_up_height_never_pays_late(node_factory, bit
     assert channel_with(a, s)["state"] == "CHANNELD_NORMAL"
 
 
-def test_not_important_is_warned_and_bad_options_never_disable_with_open_records(
+def test_unimportant_warned_bad_options_keep_records(
         node_factory, plugin_path):
     """Item 5: a warning without important-plugin; refused options keep serving what is held."""
     a, s, b = node_factory.line_graph(3, opts=[opts(plugin_path), opts(plugin_path, may_fail=True),
