@@ -7,7 +7,7 @@ export RUST ?= 0
 # lightningd/bitcoind from PATH, else from ../shared/tools/build-ln.sh's $$HOME/ln-build/bin.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH):$(HOME)/ln-build/bin
 
-.PHONY: setup test smoke unit stdio integration postgres bench demo lock clean
+.PHONY: setup test smoke unit stdio integration postgres bench demo plot lock clean
 
 setup: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ bench: setup
 # 20 lines of story; lightningd's logs go to files under /tmp/asyncln-demo.
 demo: setup
 	$(PY) -m pytest -qq --no-header -p no:cacheprovider --show-capture=no --tb=short demo
+
+# The picture of what holding buys (README): the real hold.Relay against a simulated
+# chain and an offline recipient, polling vs waking vs a webhook push. Under a minute.
+plot: setup
+	$(PY) -m plot.draw docs/holding.png
 
 # Regenerate the hash locks from requirements.in and requirements-dev.in, from the
 # default package index only (no machine-local wheel folders or indexes).
