@@ -1,0 +1,100 @@
+"""The webhook sender: bounded time and retries, a bounded queue, no redirects, never raises."""
+
+import http.server
+import threading
+import time
+
+import pytest
+from pyln.testing.utils import wait_for
+
+from asyncln.webhook import Sender
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """Answers with the server's ``status`` after ``delay`` seconds; records each POST."""
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        self.server.posts.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        time.sleep(self.server.delay)
+        self.send_response(self.server.status)
+        if self.server.status in (301, 302, 307):
+            self.send_header("location", "/elsewhere")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    httpd.daemon_threads = True
+    httpd.posts, httpd.status, httpd.delay = [], 200, 0
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/hook?t=1"
+    yield httpd
+    httpd.shutdown()
+
+
+def sender(**kwargs):
+    lines = []
+    kwargs = {"timeout": 0.5, "backoff": 0.05, **kwargs}
+    return Sender(lambda m, level="info": lines.append(m), **kwargs), lines
+
+
+def prepared():
+    return b'{"jsonrpc":"2.0"}', {"content-type": "application/json", "x-lsps5-signature": "sig"}
+
+
+def test_delivers_body_and_headers(server):
+    s, _ = sender()
+    assert s.submit("lsps5.payment_incoming for B", [server.url, server.url], prepared)
+    wait_for(lambda: s.counts["sent"] == 2)
+    path, headers, body = server.posts[0]
+    assert path == "/hook?t=1" and body == b'{"jsonrpc":"2.0"}'
+    assert headers["content-type"] == "application/json" and headers["x-lsps5-signature"] == "sig"
+
+
+def test_a_5xx_is_retried_a_bounded_number_of_times(server):
+    server.status = 500
+    s, _ = sender(retries=2)
+    s.submit("x", [server.url], prepared)
+    wait_for(lambda: s.counts["failed"] == 1)
+    assert len(server.posts) == 3
+
+
+def test_a_4xx_and_a_redirect_are_final(server):
+    s, _ = sender()
+    for status, done in ((404, 1), (302, 2)):
+        server.status = status
+        s.submit("x", [server.url], prepared)
+        wait_for(lambda: s.counts["failed"] == done)
+    assert [p[0] for p in server.posts] == ["/hook?t=1", "/hook?t=1"]  # /elsewhere never asked
+
+
+def test_a_slow_webhook_times_out(server):
+    server.delay = 2
+    s, _ = sender(retries=0, timeout=0.3)
+    start = time.monotonic()
+    s.submit("x", [server.url], prepared)
+    wait_for(lambda: s.counts["failed"] == 1)
+    assert time.monotonic() - start < 1.5
+
+
+def test_unreachable_and_failed_signing_are_counted():
+    s, _ = sender(retries=1)
+    s.submit("x", ["http://127.0.0.1:1/"], prepared)
+
+    def broken():
+        raise RuntimeError("signmessage failed")
+    s.submit("y", ["http://127.0.0.1:1/", "http://127.0.0.1:1/"], broken)
+    wait_for(lambda: s.counts["failed"] == 3)
+
+
+def test_a_full_queue_drops_and_counts(server):
+    server.delay = 1
+    s, _ = sender(max_queued=1, threads=1, retries=0, timeout=5)
+    results = [s.submit("x", [server.url], prepared) for _ in range(4)]
+    assert results[:1] == [True] and not all(results)
+    assert s.counts["dropped"] == results.count(False)
