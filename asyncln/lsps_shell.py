@@ -181,7 +181,7 @@ class LspsShell:
         """Queue each POST; it is signed on a sender thread, just before it goes."""
         for n in notifications:
             self.node.log(f"webhook {n.method.value} for {n.client_id} ({n.app_name!r})")
-            self.sender.submit(n.client_id, f"{n.method.value} for {n.client_id}", n.url,
+            self.sender.submit(f"{n.method.value} for {n.client_id}", n.url,
                                lambda n=n: self._prepare(n))
 
     def _prepare(self, n: lsps5.Notification):

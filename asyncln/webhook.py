@@ -8,23 +8,24 @@ are bounded, and a full queue drops the call and counts it. Whatever a
 webhook does (hang, fail, redirect), a held payment neither waits for it
 nor changes: the sender only logs and counts.
 
-One client's calls all go through one thread's queue, in order: bLIP-55
-wants ``lsps5.webhook_registered`` to reach a webhook before anything else.
+Calls to one URL go one after another, in order, on that URL's own thread
+(started when it has calls, gone when it has none): bLIP-55 wants
+``lsps5.webhook_registered`` to reach a webhook before anything else, and a
+slow webhook then delays only itself, never another webhook or client.
 A webhook's host must resolve to public addresses only (or loopback, with
 the dev option), so a client cannot make S POST into S's own network; the
 URL itself is never logged (it carries the client's tokens).
 """
 
 import ipaddress
-import queue
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Deque, Dict, Tuple
 from urllib.parse import urlsplit
 
 from .lsps5 import public_address
@@ -32,8 +33,7 @@ from .lsps5 import public_address
 TIMEOUT_SECONDS = 5.0      # one POST, connect to last byte
 RETRIES = 2                # after the first try, on a network error or a 5xx
 BACKOFF_SECONDS = 1.0      # doubled after each retry
-MAX_QUEUED = 64            # calls waiting, per sender thread; more are dropped
-THREADS = 2                # one slow webhook must not hold up every other client's
+MAX_QUEUED = 64            # calls waiting or being sent, all URLs together; more are dropped
 
 Prepared = Tuple[bytes, Dict[str, str]]
 
@@ -59,47 +59,59 @@ class Refused(Exception):
 class Sender:
     def __init__(self, log: Callable[..., None], allow_loopback: bool = False,
                  timeout: float = TIMEOUT_SECONDS, retries: int = RETRIES,
-                 backoff: float = BACKOFF_SECONDS, max_queued: int = MAX_QUEUED,
-                 threads: int = THREADS):
+                 backoff: float = BACKOFF_SECONDS, max_queued: int = MAX_QUEUED):
         self.log = log
         self.allow_loopback = allow_loopback
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
-        self._queues = [queue.Queue(max_queued) for _ in range(threads)]
+        self.max_queued = max_queued
         self._opener = urllib.request.build_opener(_NoRedirect)
         self._lock = threading.Lock()
+        self._calls: Dict[str, Deque[_Call]] = {}   # URL -> its calls; a thread drains each
+        self._queued = 0
         self.counts = {"sent": 0, "failed": 0, "dropped": 0}
-        for n, calls in enumerate(self._queues):
-            threading.Thread(target=self._work, args=(calls,), name=f"asyncln-webhook-{n}",
-                             daemon=True).start()
 
-    def submit(self, client: str, what: str, url: str, prepare: Callable[[], Prepared]) -> bool:
-        """Queue one POST behind ``client``'s earlier ones; False (and counted) when full."""
-        calls = self._queues[zlib.crc32(client.encode()) % len(self._queues)]
-        try:
-            calls.put_nowait(_Call(what, url, prepare))
-            return True
-        except queue.Full:
-            self._count("dropped")
-            self.log(f"webhook queue full: dropped {what}", level="warn")
-            return False
-
-    def _count(self, key: str) -> None:
+    def submit(self, what: str, url: str, prepare: Callable[[], Prepared]) -> bool:
+        """Queue one POST behind the earlier ones to ``url``; False (and counted) when full."""
         with self._lock:
-            self.counts[key] += 1
+            if self._queued >= self.max_queued:
+                self.counts["dropped"] += 1
+                full = True
+            else:
+                full, self._queued = False, self._queued + 1
+                calls = self._calls.get(url)
+                if calls is None:
+                    calls = self._calls[url] = deque()
+                    threading.Thread(target=self._drain, args=(url,), name="asyncln-webhook",
+                                     daemon=True).start()
+                calls.append(_Call(what, url, prepare))
+        if full:
+            self.log(f"webhook queue full: dropped {what}", level="warn")
+        return not full
 
-    def _work(self, calls: queue.Queue) -> None:
+    def _drain(self, url: str) -> None:
+        """One URL's calls in order; the thread ends (under the lock) when none is left."""
         while True:
-            call = calls.get()
-            try:
-                self.check_host(call.url)
-                body, headers = call.prepare()
-                ok = self._post(call.url, body, headers)
-            except Exception as e:  # signmessage failed, a refused host: the thread lives on
-                self.log(f"webhook {call.what} not sent: {e!r}", level="info")
-                ok = False
-            self._count("sent" if ok else "failed")
+            with self._lock:
+                calls = self._calls[url]
+                if not calls:
+                    del self._calls[url]
+                    return
+                call = calls.popleft()
+            ok = self._send(call)
+            with self._lock:
+                self._queued -= 1
+                self.counts["sent" if ok else "failed"] += 1
             self.log(f"webhook {call.what} {'delivered' if ok else 'failed'}",
                      level="debug" if ok else "info")
+
+    def _send(self, call: _Call) -> bool:
+        try:
+            self.check_host(call.url)
+            body, headers = call.prepare()
+            return self._post(call.url, body, headers)
+        except Exception as e:  # signmessage failed, a refused host: the thread lives on
+            self.log(f"webhook {call.what} not sent: {e!r}", level="info")
+            return False
 
     def check_host(self, url: str) -> None:
         """Every address the host resolves to is public (or loopback, when allowed).
