@@ -22,11 +22,17 @@ Interface for the shell (asyncln/lsps0.py and plugin.py), kept stable:
   bLIP-55's per-method cooldown; the shell tells the registry about
   connections with :meth:`Registry.connected` / :meth:`Registry.disconnected`.
 * To send a :class:`Notification` at time ``now``: ``ts = timestamp(now)``,
-  ``body = body_bytes(n)``, ``sig = signmessage(message_to_sign(ts, body))["zbase"]``,
-  then POST ``body`` to ``n.url`` with :func:`headers` ``(ts, sig)``, no redirects,
-  and ignore the answer (bLIP-55: anything but 200 is merely unusual). Send the
-  notifications of one client through one FIFO, in the order returned: bLIP-55
-  wants ``webhook_registered`` to reach a webhook before anything else does.
+  ``body = body_bytes(n)``, ``sig`` = the node key's LSPS0 signature of
+  ``message_to_sign(ts, body)``, then POST ``body`` to ``n.url`` with
+  :func:`headers` ``(ts, sig)``, no redirects, and ignore the answer (bLIP-55:
+  anything but 200 is merely unusual). Send the notifications of one client
+  through one FIFO, in the order returned: bLIP-55 wants ``webhook_registered``
+  to reach a webhook before anything else does.
+* lightningd v26.06.6's ``signmessage`` cannot make ``sig``: it signs the raw
+  JSON text of its parameter, escapes kept (``param_string``), so the body's
+  ``"`` are signed as ``\\"`` and :func:`verify` (any bLIP-55 verifier) refuses
+  the result. Checked on a real lightningd; see tests/vectors/lsps5-signatures.json
+  and docs/PROTOCOL.md, "LSPS5 webhooks", "Signing".
 * At startup, :meth:`Registry.load` each stored record (a ValueError means a
   corrupt record: log it and skip it). Once a day, :meth:`Registry.prune`.
 * A webhook's host name is checked here; the address it resolves to is the

@@ -38,11 +38,19 @@ def refused_without_change(registry, reply, expected, client=B):
 
 # ---------------------------------------------------------------- constants
 
-def test_error_codes_are_bleep55s():
+def test_error_codes_are_blip55s():
     assert (ErrorCode.TOO_LONG, ErrorCode.URL_PARSE_ERROR, ErrorCode.UNSUPPORTED_PROTOCOL,
             ErrorCode.TOO_MANY_WEBHOOKS, ErrorCode.APP_NAME_NOT_FOUND) == (500, 501, 502, 503, 1010)
     assert lsps5.MAX_APP_NAME_BYTES == 64 and lsps5.MAX_URL_CHARS == 1024
     assert ErrorCode.INVALID_PARAMS == -32602 and ErrorCode.METHOD_NOT_FOUND == -32601
+
+
+def test_every_error_code_is_documented():
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "PROTOCOL.md")) as doc:
+        text = doc.read()
+    section = text[text.index("## LSPS5 webhooks"):text.index("## Datastore records")]
+    for error in ErrorCode:
+        assert f"\n| {int(error)} |" in section, error
 
 
 # ---------------------------------------------------------------- dispatch
