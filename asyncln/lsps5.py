@@ -143,8 +143,12 @@ class Registry:
                              for name, hook in client.webhooks.items()],
                 "last_active": client.last_active}
 
-    def load(self, client_id: str, record: object) -> None:
-        """Restore a record written by :meth:`record`; ValueError (nothing loaded) if corrupt."""
+    def load(self, client_id: str, record: object, allow_http_loopback: bool = False) -> None:
+        """Restore a record written by :meth:`record`; ValueError (nothing loaded) if corrupt.
+
+        A webhook the running configuration would refuse (a loopback URL kept
+        from a dev run) makes the record corrupt too.
+        """
         if not isinstance(record, dict) or not isinstance(record.get("webhooks"), list):
             raise ValueError(f"lsps5 record for {client_id}: not an object with webhooks")
         last_active = _number(record.get("last_active"), "last_active")
@@ -153,8 +157,10 @@ class Registry:
             if not isinstance(entry, dict):
                 raise ValueError(f"lsps5 record for {client_id}: webhook entry is not an object")
             name, url = entry.get("app_name"), entry.get("url")
-            if _app_name_problem(name) or _url_problem(url, allow_http_loopback=True):
+            if _app_name_problem(name) or _url_problem(url, allow_http_loopback):
                 raise ValueError(f"lsps5 record for {client_id}: bad webhook {name!r}: {url!r}")
+            if name in webhooks:
+                raise ValueError(f"lsps5 record for {client_id}: {name!r} twice")
             webhooks[name] = Webhook(url, _number(entry.get("created_at"), "created_at"))
         self.clients[client_id] = Client(webhooks=webhooks, last_active=last_active)
 

@@ -20,6 +20,11 @@ with open(os.path.join(os.path.dirname(__file__), "vectors", "lsps5-signatures.j
     VECTORS = json.load(f)
 
 
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12)
+
 def set_hook(registry, app_name="wallet", url=URL, now=NOW, client=B, **kw):
     return lsps5.handle_request(registry, client, "lsps5.set_webhook",
                                 {"app_name": app_name, "webhook": url}, now, **kw)
@@ -324,6 +329,8 @@ def test_record_survives_a_restart_through_json():
     lambda r: {**r, "webhooks": [{**r["webhooks"][0], "app_name": "a" * 65}]},
     lambda r: {**r, "webhooks": [{**r["webhooks"][0], "created_at": True}]},
     lambda r: {**r, "webhooks": [{"url": URL, "created_at": 1}]},
+    lambda r: {**r, "webhooks": r["webhooks"] * 2},
+    lambda r: {**r, "webhooks": [{**r["webhooks"][0], "url": "http://127.0.0.1/x"}]},
 ])
 def test_corrupt_records_are_refused_and_load_nothing(damage):
     registry = lsps5.Registry()
@@ -332,6 +339,28 @@ def test_corrupt_records_are_refused_and_load_nothing(damage):
     with pytest.raises(ValueError):
         restarted.load(B, damage(copy.deepcopy(registry.record(B))))
     assert restarted.app_names(B) == [] and restarted.record(B) is None
+
+
+def test_a_dev_loopback_webhook_loads_only_under_the_dev_option():
+    registry = lsps5.Registry()
+    set_hook(registry, url="http://127.0.0.1:9/x", allow_http_loopback=True)
+    with pytest.raises(ValueError):
+        lsps5.Registry().load(B, registry.record(B))
+    restarted = lsps5.Registry()
+    restarted.load(B, registry.record(B), allow_http_loopback=True)
+    assert restarted.record(B) == registry.record(B)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_fuzz_load_refuses_cleanly(record):
+    registry = lsps5.Registry()
+    try:
+        registry.load(B, record)
+    except ValueError:
+        assert registry.record(B) is None
+    else:
+        assert registry.app_names(B) == [hook["app_name"] for hook in record["webhooks"]]
 
 
 def test_prune_keeps_clients_with_channels_and_forgets_idle_ones():
@@ -512,10 +541,6 @@ def test_public_address(address, public):
 
 # ---------------------------------------------------------------- fuzz
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
-    max_leaves=12)
 urlish = st.one_of(st.text(max_size=60), st.builds(lambda h, p: f"https://{h}/{p}",
                                                    st.text(max_size=20), st.text(max_size=20)),
                    st.sampled_from([URL, "http://127.0.0.1/x", "https://[::1]/", "https://a.b"]))
@@ -554,7 +579,7 @@ def test_fuzz_requests_answer_cleanly_and_refusals_change_nothing(method, params
             assert json.dumps(registry.record(B)) == before
     stored = registry.record(B)
     if stored is not None:  # whatever was accepted can be stored and loaded again
-        lsps5.Registry().load(B, json.loads(json.dumps(stored)))
+        lsps5.Registry().load(B, json.loads(json.dumps(stored)), allow_http_loopback=loopback)
 
 
 @settings(max_examples=300, deadline=None)
@@ -563,3 +588,35 @@ def test_fuzz_url_check_never_raises(url, loopback):
     problem = lsps5._url_problem(url, loopback)
     assert problem is None or problem[0] in (ErrorCode.TOO_LONG, ErrorCode.URL_PARSE_ERROR,
                                              ErrorCode.UNSUPPORTED_PROTOCOL)
+
+
+events = st.sampled_from([lsps5.PaymentIncoming(), lsps5.ExpirySoon(timeout=100, height=90),
+                          lsps5.PoolLow(remaining=1), "connect", "disconnect"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 120), events), max_size=30))
+def test_cooldown_properties(steps):
+    """Never the same method within MIN_RESEND_SECONDS; within the cooldown only after a
+    connect or disconnect; never while connected; to every webhook when sent."""
+    registry = registered("one", "two")
+    now, online = NOW, False
+    last: dict = {}   # method -> (time sent, resets since)
+    for gap, event in steps:
+        now += gap
+        if event in ("connect", "disconnect"):
+            (registry.connected if event == "connect" else registry.disconnected)(B, now)
+            online = event == "connect"
+            last = {m: (t, True) for m, (t, _) in last.items()}
+            continue
+        sent = lsps5.notifications_for(event, registry, B, now)
+        if not sent:
+            continue
+        assert not online
+        assert [n.app_name for n in sent] == ["one", "two"] and len({n.method for n in sent}) == 1
+        method = sent[0].method
+        if method in last:
+            then, reset = last[method]
+            assert now - then >= lsps5.MIN_RESEND_SECONDS
+            assert reset or now - then >= lsps5.COOLDOWN_SECONDS
+        last[method] = (now, False)
