@@ -32,7 +32,9 @@ Interface for the shell (asyncln/lsps0.py and plugin.py), kept stable:
   JSON text of its parameter, escapes kept (``param_string``), so the body's
   ``"`` are signed as ``\\"`` and :func:`verify` (any bLIP-55 verifier) refuses
   the result. Checked on a real lightningd; see tests/vectors/lsps5-signatures.json
-  and docs/PROTOCOL.md, "LSPS5 webhooks", "Signing".
+  and docs/PROTOCOL.md, "LSPS5 webhooks", "Signing". :func:`node_secret` (from
+  the ``hsm_secret`` file, if the operator allows it) and :func:`sign` make a
+  conformant one.
 * At startup, :meth:`Registry.load` each stored record (a ValueError means a
   corrupt record: log it and skip it). Once a day, :meth:`Registry.prune`.
 * A webhook's host name is checked here; the address it resolves to is the
@@ -40,11 +42,14 @@ Interface for the shell (asyncln/lsps0.py and plugin.py), kept stable:
   POST into S's own network).
 """
 
+import hashlib
+import hmac
 import ipaddress
 import json
 import re
 import string
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
@@ -550,3 +555,51 @@ def headers(timestamp_text: str, signature_zbase32: str) -> Dict[str, str]:
 def verify(lsp_id: str, timestamp_text: str, body: bytes, signature_zbase32: str) -> bool:
     """What a notification delivery service checks: the LSP ``lsp_id`` signed this POST."""
     return signature.signed_by(message_to_sign(timestamp_text, body), signature_zbase32, lsp_id)
+
+
+def sign(node_secret: bytes, timestamp_text: str, body: bytes) -> str:
+    """The LSPS0 signature (zbase32) of a notification, made here with the node key.
+
+    The one way to a conformant signature on lightningd v26.06.6, whose
+    ``signmessage`` signs escaped text (module docstring).
+    """
+    return signature.sign(node_secret, message_to_sign(timestamp_text, body))
+
+
+_PLAIN_HSM_SECRET = 32
+_ENCRYPTED_HSM_SECRET = 73
+
+
+def node_secret(hsm_secret_file: bytes) -> bytes:
+    """The node's private key from the contents of lightningd's ``hsm_secret`` file.
+
+    As lightningd v26.06.6 (hsmd/libhsmd.c ``node_key``, common/hsm_secret.c):
+    HKDF-SHA256 of the first 32 bytes of the seed, salt a 32-bit counter
+    (little-endian, from 0, until the key is valid), info ``nodeid``. The seed
+    is the file itself in the legacy 32-byte format, or the BIP 39 seed of the
+    mnemonic after 32 zero bytes (the default format for a new node).
+    ValueError for an encrypted file or a mnemonic with a passphrase: asyncln
+    cannot open those. The caller compares the key's public key with
+    ``getinfo``'s ``id`` before using it (``--dev-force-privkey`` overrides it).
+    """
+    if len(hsm_secret_file) == _PLAIN_HSM_SECRET:
+        seed = hsm_secret_file
+    elif len(hsm_secret_file) == _ENCRYPTED_HSM_SECRET:
+        raise ValueError("hsm_secret is encrypted")
+    elif len(hsm_secret_file) > _PLAIN_HSM_SECRET and not any(hsm_secret_file[:32]):
+        try:
+            mnemonic = unicodedata.normalize("NFKD", hsm_secret_file[32:].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError("hsm_secret mnemonic is not UTF-8") from None
+        seed = hashlib.pbkdf2_hmac("sha512", mnemonic.encode("utf-8"), b"mnemonic", 2048)
+    elif len(hsm_secret_file) > _PLAIN_HSM_SECRET:
+        raise ValueError("hsm_secret mnemonic has a passphrase")
+    else:
+        raise ValueError("hsm_secret is too short")
+    salt = 0
+    while True:  # a second round has probability about 2^-128
+        prk = hmac.new(salt.to_bytes(4, "little"), seed[:32], hashlib.sha256).digest()
+        key = hmac.new(prk, b"nodeid\x01", hashlib.sha256).digest()
+        if 0 < int.from_bytes(key, "big") < signature._ORDER:
+            return key
+        salt += 1

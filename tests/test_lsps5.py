@@ -6,6 +6,7 @@ import os
 
 import pytest
 from hypothesis import given, settings
+from coincurve import PrivateKey
 from hypothesis import strategies as st
 
 from asyncln import lsps5, signature
@@ -513,7 +514,7 @@ def test_conformant_vectors(vector):
     note = lsps5.Notification(B, "a", URL, Method(vector["method"]), vector["params"])
     ts, body = lsps5.timestamp(vector["now"]), lsps5.body_bytes(note)
     assert (ts, body.decode()) == (vector["timestamp"], vector["body"])
-    assert signature.sign(secret, lsps5.message_to_sign(ts, body)) == vector["zbase"]
+    assert lsps5.sign(secret, ts, body) == vector["zbase"]
     assert lsps5.verify(node, ts, body, vector["zbase"])
     assert not lsps5.verify(node, ts, body.replace(b":", b": ", 1), vector["zbase"])
     assert not lsps5.verify(node, lsps5.timestamp(vector["now"] + 0.001), body, vector["zbase"])
@@ -528,6 +529,33 @@ def test_lightningd_signmessage_signs_the_escaped_text(vector):
     message = lsps5.message_to_sign(vector["timestamp"], vector["body"].encode())
     assert not lsps5.verify(node, vector["timestamp"], vector["body"].encode(), vector["zbase"])
     assert signature.signed_by(json.dumps(message)[1:-1], vector["zbase"], node)
+
+
+@pytest.mark.parametrize("kind", ["plain", "mnemonic"])
+def test_node_secret_from_hsm_secret_is_lightningds_node_key(kind):
+    vector = VECTORS["hsm_secret"][kind]
+    secret = lsps5.node_secret(bytes.fromhex(vector["file_hex"]))
+    assert PrivateKey(secret).public_key.format().hex() == vector["node_id"]
+
+
+def test_node_key_signature_is_conformant_where_signmessages_is_not():
+    vector = VECTORS["lightningd_signmessage"]["notifications"][1]
+    ts, body = vector["timestamp"], vector["body"].encode()
+    secret = lsps5.node_secret(bytes.fromhex(VECTORS["hsm_secret"]["plain"]["file_hex"]))
+    zbase = lsps5.sign(secret, ts, body)
+    assert lsps5.verify(VECTORS["lightningd_signmessage"]["node_id"], ts, body, zbase)
+    assert zbase != vector["zbase"]
+
+
+@pytest.mark.parametrize("data", [
+    b"\x01" * 73,                                  # legacy encrypted
+    b"\x01" * 32 + b"abandon " * 11 + b"about",    # mnemonic with a passphrase
+    b"\x00" * 32 + b"\xff\xfe",                   # not UTF-8
+    b"\x01" * 31, b"",
+])
+def test_node_secret_refuses_what_it_cannot_open(data):
+    with pytest.raises(ValueError):
+        lsps5.node_secret(data)
 
 
 @pytest.mark.parametrize("address,public", [
