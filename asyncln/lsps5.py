@@ -46,13 +46,14 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import math
 import re
 import string
 import time
 import unicodedata
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union, assert_never
 from urllib.parse import urlsplit
 
 from . import signature
@@ -117,7 +118,7 @@ class Client:
     """
 
     webhooks: Dict[str, Webhook] = field(default_factory=dict)   # app_name -> webhook, in order
-    last_active: float = 0.0                  # last request, connection or channel seen
+    last_active: float = 0.0                  # last change, connection or channel seen
     sent: Dict[str, float] = field(default_factory=dict)         # method -> sent, since the reset
     last_sent: Dict[str, float] = field(default_factory=dict)    # method -> sent, ever
     registered: List[float] = field(default_factory=list)        # webhook_registered times
@@ -211,7 +212,7 @@ class Registry:
 
 
 def _number(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
         raise ValueError(f"lsps5 record: {name} is not a non-negative number")
     return float(value)
 
@@ -287,7 +288,7 @@ def handle_request(registry: Registry, client_id: str, method: str, params: obje
             return _remove(registry, client_id, params, now)
         if method == SET_WEBHOOK:
             return _set(registry, client_id, params, now, allow_http_loopback, known_client)
-        raise _Refused(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}")
+        raise _Refused(ErrorCode.METHOD_NOT_FOUND, "Method not found")
     except _Refused as refused:
         return Reply(error=refused.error)
 
@@ -366,7 +367,6 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _NUMBER = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)$")
-_LOOPBACK_NAMES = ("localhost",)
 
 
 def app_name_bytes(app_name: str) -> int:
@@ -405,19 +405,18 @@ def _url_problem(url: object, allow_http_loopback: bool) -> Optional[Tuple[Error
         return parse_error
     try:
         parts = urlsplit(url)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        host, port = parts.hostname or "", parts.port  # ValueError: a port not in 0..65535
     except ValueError:
         return parse_error
-    loopback = _host_kind(host, "[" in parts.netloc)
-    if loopback is None:
+    kind = _host_kind(host, "[" in parts.netloc)
+    if kind is None or port == 0:
         return parse_error
     scheme = parts.scheme.lower()
-    if allow_http_loopback and loopback == "loopback" and scheme in ("http", "https"):
+    if allow_http_loopback and kind == "loopback" and scheme in ("http", "https"):
         return None
     if scheme != "https":
         return ErrorCode.UNSUPPORTED_PROTOCOL, "webhook must be an https URL"
-    if loopback != "public":
+    if kind != "public":
         return ErrorCode.UNSUPPORTED_PROTOCOL, "webhook host must be a public name or address"
     return None
 
@@ -441,7 +440,7 @@ def _host_kind(host: str, bracketed: bool) -> Optional[str]:
         except ValueError:
             return None
         return "loopback" if address4.is_loopback else ("public" if public_address(host) else "private")
-    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+    if host == "localhost" or host.endswith(".localhost"):
         return "loopback"
     return "public"
 
@@ -465,7 +464,11 @@ class PaymentIncoming:
 
 @dataclass(frozen=True)
 class ExpirySoon:
-    """An HTLC on a channel with the client would force S to close it at ``timeout``."""
+    """An HTLC on a channel with the client would force S to close it at ``timeout``.
+
+    For an HTLC S offered the client, lightningd v26.06.6 closes when it is
+    still unresolved at ``cltv_expiry + 1`` (CLN-FACTS, "Deadlines that force a close"): that is ``timeout``.
+    """
 
     timeout: int
     height: int
@@ -507,7 +510,7 @@ def notifications_for(event: Event, registry: Registry, client_id: str,
         case PoolLow(remaining=remaining):
             method, params = Method.POOL_LOW, {"remaining": remaining}
         case _:
-            raise TypeError(f"not an lsps5 event: {event!r}")
+            assert_never(event)
     if (_within(client.sent.get(method.value), now, registry.cooldown_seconds)
             or _within(client.last_sent.get(method.value), now, MIN_RESEND_SECONDS)):
         return []
