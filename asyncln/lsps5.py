@@ -35,8 +35,10 @@ Interface for the shell (asyncln/lsps0.py and plugin.py), kept stable:
   and docs/PROTOCOL.md, "LSPS5 webhooks", "Signing". :func:`node_secret` (from
   the ``hsm_secret`` file, if the operator allows it) and :func:`sign` make a
   conformant one.
-* At startup, :meth:`Registry.load` each stored record (a ValueError means a
-  corrupt record: log it and skip it). Once a day, :meth:`Registry.prune`.
+* At startup, :meth:`Registry.load` each stored record, passing the same
+  ``allow_http_loopback`` as to :func:`handle_request` (a ValueError means a
+  corrupt record, or a loopback webhook the configuration no longer allows:
+  log it and skip it). Once a day, :meth:`Registry.prune`.
 * A webhook's host name is checked here; the address it resolves to is the
   sender's to check with :func:`public_address` (a client must not make S
   POST into S's own network).
