@@ -20,6 +20,7 @@ from pyln.client.plugin import Method, RequestState  # noqa: E402
 from asyncln import __version__, lsps0, lsps5, messages, params, recipient, rod  # noqa: E402
 from asyncln.errors import AsynclnError, Code  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
+from asyncln.lsps_shell import WebhookConfig  # noqa: E402
 from asyncln.node import Node  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
 from asyncln.port import CONTINUE, FAIL_TEMPORARY  # noqa: E402
@@ -69,6 +70,13 @@ plugin.add_option("asyncln-rod", "", "My Rods, which serve my invoices while I a
                   "comma-separated node_id[@host:port]")
 for _name, (_field, _) in recipient.OPTIONS.items():
     plugin.add_option(_name, getattr(_RECIPIENT, _field), OPTION_HELP[_name], opt_type="int")
+plugin.add_option("asyncln-lsps5-service", True,
+                  "Serve bLIP-55 (LSPS5) webhook registrations to channel peers, and POST to their "
+                  "webhooks while I hold payments for them", opt_type="bool")
+plugin.add_option("asyncln-webhook-hsm-secret", False,
+                  "Sign webhook notifications with the node key read from lightningd's hsm_secret "
+                  "(unencrypted, no passphrase): signmessage's signatures do not verify as bLIP-55 wants",
+                  opt_type="bool")
 plugin.add_option("asyncln-webhook-allow-http-loopback", False,
                   "Developers only: accept bLIP-55 webhooks on loopback (127.0.0.1, ::1, localhost), "
                   "over http too", opt_type="bool")
@@ -86,6 +94,14 @@ def started_as() -> list:
     return [os.path.abspath(__file__)] + [os.path.abspath(a) for a in sys.orig_argv[1:] if os.path.isfile(a)]
 
 
+def webhook_config(options: dict, configuration: dict) -> WebhookConfig:
+    """configuration's lightning-dir is the network's directory, where hsm_secret is."""
+    hsm_secret = (os.path.join(configuration["lightning-dir"], "hsm_secret")
+                  if options.get("asyncln-webhook-hsm-secret") else None)
+    return WebhookConfig(bool(options.get("asyncln-lsps5-service", True)),
+                         bool(options.get("asyncln-webhook-allow-http-loopback")), hsm_secret)
+
+
 @plugin.init()
 def init(options, configuration, plugin, **kwargs):
     global NODE
@@ -96,7 +112,7 @@ def init(options, configuration, plugin, **kwargs):
     except ValueError as e:
         policy, limits, config, refused = DEFAULTS, _LIMITS, _RECIPIENT, str(e)
     node = Node(plugin.rpc, log, policy, refused, started_as(),
-                limits, config, bool(options.get("asyncln-webhook-allow-http-loopback")))
+                limits, config, webhook_config(options, configuration))
     if refused and not node.has_open_records():
         return {"disable": refused}
     if refused:

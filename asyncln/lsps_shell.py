@@ -20,8 +20,10 @@ on the RPC's own thread, for the response with the same random id.
 """
 
 import time
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
+from coincurve import PrivateKey
 from pyln.client import RpcError
 
 from . import lsps0, lsps5, webhook
@@ -40,18 +42,46 @@ def ours(method: str) -> bool:
     return method == lsps5.LIST_PROTOCOLS or method.startswith("lsps5.")
 
 
+@dataclass(frozen=True)
+class WebhookConfig:
+    """The LSP side's options (plugin.py)."""
+
+    service: bool = True                  # answer lsps5.* and lsps0.list_protocols at all
+    allow_http_loopback: bool = False     # developers: webhooks on loopback, http too
+    hsm_secret: Optional[str] = None      # lightningd's hsm_secret file, if we may sign with it
+
+
 class LspsShell:
-    def __init__(self, node, allow_http_loopback: bool = False):
+    def __init__(self, node, config: WebhookConfig = WebhookConfig()):
         self.node = node
-        self.allow_http_loopback = allow_http_loopback
+        self.config = config
+        self.allow_http_loopback = config.allow_http_loopback
         self.registry = lsps5.Registry()
         for client, record in node.store.load(KIND).items():
             try:
-                self.registry.load(client, record)
+                self.registry.load(client, record, self.allow_http_loopback)
             except ValueError as e:
                 node.log(f"skipping unreadable {KIND} record {client}: {e}", level="warn")
-        self.sender = webhook.Sender(node.log, allow_loopback=allow_http_loopback)
+        self.sender = webhook.Sender(node.log, allow_loopback=self.allow_http_loopback)
+        self.node_key, self.key_problem = self._node_key(config.hsm_secret)
+        if self.key_problem:
+            node.log(self.key_problem, level="warn")
         self._pruned_at = 0.0
+
+    def _node_key(self, path: Optional[str]) -> Tuple[Optional[bytes], Optional[str]]:
+        """The node key, to sign notifications as bLIP-55 says (lightningd's signmessage signs
+        the JSON-escaped text, which no bLIP-55 verifier accepts): only when the operator
+        allows reading hsm_secret, and only if it is this node's key."""
+        if path is None:
+            return None, None
+        try:
+            with open(path, "rb") as f:
+                secret = lsps5.node_secret(f.read())
+            if PrivateKey(secret).public_key.format().hex() != self.node.node_id:
+                raise ValueError("its key is not this node's id")
+            return secret, None
+        except (OSError, ValueError) as e:
+            return None, f"cannot sign webhooks with {path}: {e}; signing with signmessage"
 
     # --- hook thread: no I/O, hand work to the worker ----------------------------
 
@@ -66,7 +96,7 @@ class LspsShell:
             self.node.submit_once((peer, "lsps"), lambda: self.node.send(peer, reply))
             return
         match msg:
-            case lsps0.Request(method=method) if ours(method):
+            case lsps0.Request(method=method) if ours(method) and self.config.service:
                 self.node.submit_once((peer, "lsps"), lambda: self.serve(peer, msg))
             case lsps0.Response(id=request_id) if request_id is not None:
                 self.node.rods.answered(("lsps", request_id), peer, msg)
@@ -132,7 +162,7 @@ class LspsShell:
             with self.node.lock:
                 self.registry.clients.pop(peer, None)
                 if stored is not None:
-                    self.registry.load(peer, stored)
+                    self.registry.load(peer, stored, self.allow_http_loopback)
         except Exception as e:
             self.node.log(f"could not reload {peer}'s webhooks: {e!r}", level="broken")
 
@@ -143,18 +173,19 @@ class LspsShell:
         self.notify(client, lsps5.PaymentIncoming())
 
     def on_block(self, height: int) -> None:
-        """Worker, each block: every client we still hold for hears again (the core's cooldown
-        decides whether a POST goes), and about a give-up height within 24 blocks."""
+        """Worker, each block, level-triggered (the core's cooldown decides whether a POST goes):
+        every away client we still hold a payment for, up to its give-up height; every away
+        client with an HTLC we offered it whose expiry lightningd would close the channel for."""
         with self.node.lock:
-            relay = self.node.relay
-            give_up: Dict[str, int] = {}
-            for client, hashes in relay.by_node.items():
-                heights = [relay.held[h].give_up_height for h in hashes if h in relay.held]
-                if heights:
-                    give_up[client] = min(heights)
-        for client, first in sorted(give_up.items()):
+            holding = sorted(self.node.relay.by_node)
+            away = [c for c, entry in self.registry.clients.items()
+                    if entry.webhooks and c not in self.registry.online]
+        for client in holding:
             self.notify(client, lsps5.PaymentIncoming())
-            self.notify(client, lsps5.ExpirySoon(first, height))
+        if away:
+            for client, timeout in sorted(offered_timeouts(
+                    self.node.rpc.call("listpeerchannels")["channels"], set(away)).items()):
+                self.notify(client, lsps5.ExpirySoon(timeout, height))
         if time.time() - self._pruned_at >= PRUNE_SECONDS:
             self.prune()
 
@@ -187,13 +218,27 @@ class LspsShell:
     def _prepare(self, n: lsps5.Notification):
         stamp = lsps5.timestamp(time.time())
         body = lsps5.body_bytes(n)
+        if self.node_key is not None:
+            return body, lsps5.headers(stamp, lsps5.sign(self.node_key, stamp, body))
         signed = self.node.rpc.call("signmessage", {"message": lsps5.message_to_sign(stamp, body)})
         return body, lsps5.headers(stamp, signed["zbase"])
 
     def getinfo(self) -> dict:
         with self.node.lock:
             clients = sum(bool(c.webhooks) for c in self.registry.clients.values())
-        return {"clients": clients, **self.sender.counts}
+        return {"service": self.config.service, "clients": clients,
+                "signer": "hsm_secret" if self.node_key is not None else "signmessage",
+                **self.sender.counts}
+
+    def warnings(self) -> List[str]:
+        with self.node.lock:
+            clients = any(c.webhooks for c in self.registry.clients.values())
+        if self.key_problem:
+            return [self.key_problem]
+        if clients and self.node_key is None:
+            return ["webhook notifications are signed with signmessage, which signs escaped JSON: "
+                    "bLIP-55 delivery services refuse them (see asyncln-webhook-hsm-secret)"]
+        return []
 
     # --- B: the client, on an RPC's own thread ----------------------------------------
 
@@ -208,6 +253,21 @@ class LspsShell:
             raise AsynclnError(f"{peer} refused {method}: {lsps_error(answer.error)}",
                                Code.LSP_REFUSED)
         return answer.result
+
+
+def offered_timeouts(channels: List[dict], clients: set) -> Dict[str, int]:
+    """Client -> the first height at which lightningd would close a channel with it to enforce
+    an HTLC we offered it (``cltv_expiry + 1``, lsps5.ExpirySoon)."""
+    first: Dict[str, int] = {}
+    for channel in channels:
+        peer = channel.get("peer_id")
+        if peer not in clients:
+            continue
+        for htlc in channel.get("htlcs", []):
+            if htlc.get("direction") == "out" and "expiry" in htlc:
+                timeout = int(htlc["expiry"]) + 1
+                first[peer] = min(first.get(peer, timeout), timeout)
+    return first
 
 
 def lsps_error(error: dict) -> str:

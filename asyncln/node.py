@@ -17,7 +17,7 @@ from . import __version__, counters, hold, lsps0, messages, onion, payer, rod
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT
 from .holder_shell import HolderShell, held_json
-from .lsps_shell import LspsShell
+from .lsps_shell import LspsShell, WebhookConfig
 from .payer_shell import PayerShell
 from .policy import Policy
 from .port import Port, int_param
@@ -35,7 +35,7 @@ class Node(HolderShell, PayerShell, Port):
                  refused_options: Optional[str] = None, plugin_paths: Sequence[str] = (),
                  rod_limits: rod.RodLimits = rod.RodLimits(),
                  recipient: RecipientConfig = RecipientConfig(),
-                 webhook_loopback: bool = False):
+                 webhooks: WebhookConfig = WebhookConfig()):
         self.rpc = rpc
         self.log = log
         self.lock = threading.RLock()
@@ -84,7 +84,7 @@ class Node(HolderShell, PayerShell, Port):
         self.onion_secrets = self.store.load("secrets")
         self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
-        self.lsps = LspsShell(self, webhook_loopback)
+        self.lsps = LspsShell(self, webhooks)
 
     def _onion_key(self, policy: Policy):
         """Our asyncln key (makesecret) and the terms we announce: the policy, the key, its signature."""
@@ -183,6 +183,7 @@ class Node(HolderShell, PayerShell, Port):
                                 "accepting no new holds")
             if not relay.synced:
                 warnings.append("lightningd is catching up with the chain: no new holds or attempts")
+            warnings += self.lsps.warnings()
             return {
                 "version": __version__, "feature_bit": FEATURE_BIT,
                 "blockheight": relay.height, "synced": relay.synced,

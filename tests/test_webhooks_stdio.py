@@ -8,21 +8,27 @@ from factories import OTHER, PAYER, RECIPIENT
 from plugin_harness import PluginProcess, ScriptedRpc, wait_for
 
 from asyncln import lsps0
+from asyncln.lsps_shell import offered_timeouts
 
 CLIENT, STRANGER, LSP = RECIPIENT, PAYER, OTHER
 URL = "https://push.example.org/hook?t=abc"
 
 
 @pytest.fixture
-def node(tmp_path):
+def starting(tmp_path):
+    """Start plugin.py with options; CLIENT is a channel peer."""
     rpc = ScriptedRpc(str(tmp_path))
     rpc.handlers["listpeerchannels"] = lambda p: {"channels": [
         {"peer_id": CLIENT, "state": "CHANNELD_NORMAL", "channel_id": "11" * 32}]
         if p.get("id") in (None, CLIENT) else []}
     plugin = PluginProcess(directory=str(tmp_path))
-    plugin.start(rpc)
-    yield plugin, rpc
+    yield lambda **options: (plugin.start(rpc, options), (plugin, rpc))[1]
     plugin.close()
+
+
+@pytest.fixture
+def node(starting):
+    return starting()
 
 
 def hook(plugin, peer, msg):
@@ -109,6 +115,42 @@ def test_an_lsps_refusal_is_2141_with_its_code(node):
     hook(plugin, LSP, lsps0.error(request.id, 1010, "App name not found\x1b[31m"))
     error = plugin.response(call)["error"]
     assert error["code"] == 2141 and "1010" in error["message"] and "\x1b" not in error["message"]
+
+
+def test_with_the_service_off_requests_are_left_to_others(starting):
+    plugin, rpc = starting(**{"asyncln-lsps5-service": False})
+    hook(plugin, CLIENT, lsps0.Request("x1", "lsps5.set_webhook", {"app_name": "w", "webhook": URL}))
+    hook(plugin, CLIENT, lsps0.Request("x2", "lsps0.list_protocols", {}))
+    assert plugin.request("asyncln-getinfo", {})["result"]["webhooks"]["service"] is False
+    assert not answers(rpc, CLIENT) and not [k for k in rpc.datastore if k[1] == "lsps5"]
+
+
+def test_an_hsm_secret_that_is_not_this_nodes_key_is_not_used(starting, tmp_path):
+    (tmp_path / "hsm_secret").write_bytes(bytes(range(1, 33)))
+    plugin, _ = starting(**{"asyncln-webhook-hsm-secret": True})
+    info = plugin.request("asyncln-getinfo", {})["result"]
+    assert info["webhooks"]["signer"] == "signmessage"
+    assert any("its key is not this node's id" in w for w in info["warnings"])
+
+
+def test_signmessage_signing_is_warned_about_once_a_client_registers(node):
+    plugin, rpc = node
+    assert not any("webhook" in w for w in plugin.request("asyncln-getinfo", {})["result"]["warnings"])
+    ask(plugin, rpc, CLIENT, "lsps5.set_webhook", {"app_name": "w", "webhook": URL}, "w1")
+    warnings = plugin.request("asyncln-getinfo", {})["result"]["warnings"]
+    assert any("signed with signmessage" in w for w in warnings)
+
+
+def test_expiry_soon_counts_only_htlcs_we_offered_an_away_client():
+    channels = [
+        {"peer_id": CLIENT, "htlcs": [{"direction": "out", "expiry": 130},
+                                      {"direction": "out", "expiry": 120},
+                                      {"direction": "in", "expiry": 101}]},
+        {"peer_id": CLIENT, "htlcs": [{"direction": "out", "expiry": 125}]},
+        {"peer_id": STRANGER, "htlcs": [{"direction": "out", "expiry": 100}]},
+        {"peer_id": LSP, "htlcs": []},
+    ]
+    assert offered_timeouts(channels, {CLIENT, LSP}) == {CLIENT: 121}
 
 
 MALFORMED = [
