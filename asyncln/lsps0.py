@@ -21,10 +21,7 @@ ID_BYTES = 16                 # 128 random bits: LSPS0 wants at least 80
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
-CLIENT_REJECTED = 1           # LSPS0.client_rejected_error
 
 Id = Union[str, int]
 

@@ -99,7 +99,7 @@ class LspsShell:
             case lsps0.Request(method=method) if ours(method) and self.config.service:
                 self.node.submit_once((peer, "lsps"), lambda: self.serve(peer, msg))
             case lsps0.Response(id=request_id) if request_id is not None:
-                self.node.rods.answered(("lsps", request_id), peer, msg)
+                self.node.rods.answered(("lsps", request_id), peer, msg, unasked_level="debug")
             case _:
                 return  # another LSPS plugin's request or response, or a notification
 

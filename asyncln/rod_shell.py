@@ -620,11 +620,13 @@ class RodShell:
             with self._slots_lock:
                 self._slots.pop(key, None)
 
-    def answered(self, key: Tuple, peer: str, answer) -> None:
+    def answered(self, key: Tuple, peer: str, answer, unasked_level: str = "info") -> None:
+        """File ``answer`` for whoever waits on ``key`` from ``peer``; log anything else at
+        ``unasked_level`` (debug for LSPS responses: another LSPS plugin may have asked)."""
         with self._slots_lock:
             waiting = self._slots.get(key)
         if waiting is None or waiting[0] != peer:
-            self.node.log(f"ignoring an unasked-for answer from {peer}", level="info")
+            self.node.log(f"ignoring an unasked-for answer from {peer}", level=unasked_level)
             return
         try:
             waiting[1].put_nowait(answer)

@@ -86,6 +86,7 @@ def test_others_methods_are_left_alone_and_bad_messages_get_a_parse_error(node):
     assert ask(plugin, rpc, CLIENT, "lsps0.list_protocols", {}, "o3").result == {"protocols": [5]}
     [bad, listed] = answers(rpc, CLIENT)
     assert bad.id is None and bad.error["code"] == -32700 and listed.id == "o3"
+    assert not [m for level, m in plugin.levels if level == "info" and "unasked-for" in m]
 
 
 def sent_request(rpc, peer):
