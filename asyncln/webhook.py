@@ -114,12 +114,14 @@ class Sender:
             return False
 
     def check_host(self, url: str) -> None:
-        """Every address the host resolves to is public (or loopback, when allowed).
+        """An http(s) URL whose host resolves to public addresses only (or loopback, when allowed).
 
         A name can resolve differently a moment later (DNS rebinding); this
         stops the plain case of a URL naming an internal host.
         """
         parts = urlsplit(url)
+        if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
+            raise Refused("not an http(s) URL with a host")  # urllib would open file: and data:
         try:
             found = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
         except (socket.gaierror, UnicodeError) as e:

@@ -101,6 +101,16 @@ def test_a_host_that_resolves_to_loopback_is_refused_without_the_dev_option(serv
     assert server.posts == [] and any("not a public address" in line for line in lines)
 
 
+def test_only_http_urls_with_a_host_are_opened(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("x")
+    s, lines = sender()
+    for url in (f"file://{secret}", "data:text/plain,x", "ftp://127.0.0.1/x", "http:///x"):
+        s.submit("x", url, prepared)
+    wait_for(lambda: s.counts["failed"] == 4)
+    assert sum("not an http(s) URL" in line for line in lines) == 4
+
+
 def test_one_urls_calls_keep_their_order_and_a_slow_one_delays_only_itself(server):
     s, _ = sender(timeout=5)
     slow = server.url.replace("/hook", "/slow")
