@@ -1,11 +1,13 @@
 """bLIP-55 webhooks through plugin.py over stdio: the LSP side (37913 in, datastore, answer)
 and the client side (asyncln-webhook and friends), with a scripted RPC socket."""
 
+import http.server
 import json
+import threading
 
 import pytest
-from factories import OTHER, PAYER, RECIPIENT
-from plugin_harness import PluginProcess, ScriptedRpc, wait_for
+from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, payload, record
+from plugin_harness import PluginProcess, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import lsps0
 from asyncln.lsps_shell import offered_timeouts
@@ -185,3 +187,58 @@ def test_the_new_methods_have_usage_and_help(node):
     assert methods["asyncln-delwebhook"].startswith("peer app_name")
     options = {o["name"]: o for o in manifest["options"]}
     assert options["asyncln-webhook-allow-http-loopback"]["default"] is False
+
+
+@pytest.fixture
+def server():
+    """A loopback webhook that records each POST's method and params."""
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            self.server.posts.append((body["method"], body["params"]))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    httpd.posts = []
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd
+    httpd.shutdown()
+
+
+def test_a_held_payment_and_an_expiring_htlc_wake_an_away_client(starting, server):
+    plugin, rpc = starting(**{"asyncln-webhook-allow-http-loopback": True,
+                              "asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    ask(plugin, rpc, CLIENT, "lsps5.set_webhook", {"app_name": "w", "webhook": url}, "h1")
+    wait_for(lambda: server.posts == [("lsps5.webhook_registered", {})])
+    hook_call = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
+                                                         110_000, 1500, peer_id=PAYER))
+    assert plugin.answered(hook_call) is None                     # held for CLIENT (RECIPIENT)
+    wait_for(lambda: ("lsps5.payment_incoming", {}) in server.posts)
+    rpc.handlers["listpeerchannels"] = lambda p: {"channels": [
+        {"peer_id": CLIENT, "state": "CHANNELD_NORMAL", "channel_id": "11" * 32,
+         "htlcs": [{"direction": "out", "expiry": 1020, "payment_hash": "ee" * 32}]}]}
+    plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1001}})
+    wait_for(lambda: ("lsps5.expiry_soon", {"timeout": 1021}) in server.posts)
+    assert server.posts.count(("lsps5.payment_incoming", {})) == 1   # within the cooldown
+
+
+def test_nothing_is_posted_while_the_client_is_connected(starting, server):
+    plugin, rpc = starting(**{"asyncln-webhook-allow-http-loopback": True})
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    ask(plugin, rpc, CLIENT, "lsps5.set_webhook", {"app_name": "w", "webhook": url}, "c1")
+    plugin.notify("connect", {"connect": {"id": CLIENT, "direction": "in", "address": {}}})
+    hook_call = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record()).hex(),
+                                                         110_000, 1500, peer_id=PAYER))
+    assert plugin.answered(hook_call) is None
+    # S told the payer it holds: its Persist (which would queue the POST) ran before that.
+    wait_for(lambda: any(p["node_id"] == PAYER for p in rpc.called("sendcustommsg")))
+    wait_for(lambda: server.posts == [("lsps5.webhook_registered", {})])
+    plugin.request("asyncln-getinfo", {})
+    assert not [line for line in plugin.logs if "webhook lsps5.payment_incoming" in line]
+    plugin.notify("disconnect", {"disconnect": {"id": CLIENT}})
+    plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1002}})
+    wait_for(lambda: ("lsps5.payment_incoming", {}) in server.posts)
