@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from factories import OTHER, PAYER, PAYMENT_HASH, RECIPIENT, payload, record
-from plugin_harness import PluginProcess, ScriptedRpc, htlc_params, wait_for
+from plugin_harness import PluginProcess, RpcFailure, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import lsps0
 from asyncln.lsps_shell import offered_timeouts
@@ -17,9 +17,13 @@ URL = "https://push.example.org/hook?t=abc"
 
 
 @pytest.fixture
-def starting(tmp_path):
+def rpc(tmp_path):
+    return ScriptedRpc(str(tmp_path))
+
+
+@pytest.fixture
+def starting(tmp_path, rpc):
     """Start plugin.py with options; CLIENT is a channel peer."""
-    rpc = ScriptedRpc(str(tmp_path))
     rpc.handlers["listpeerchannels"] = lambda p: {"channels": [
         {"peer_id": CLIENT, "state": "CHANNELD_NORMAL", "channel_id": "11" * 32}]
         if p.get("id") in (None, CLIENT) else []}
@@ -154,6 +158,27 @@ def test_expiry_soon_counts_only_htlcs_we_offered_an_away_client():
         {"peer_id": LSP, "htlcs": []},
     ]
     assert offered_timeouts(channels, {CLIENT, LSP}) == {CLIENT: 121}
+
+
+def test_the_registry_is_loaded_at_startup_and_a_corrupt_record_skipped(starting, rpc):
+    record_of = {"webhooks": [{"app_name": "w", "url": URL, "created_at": 1.0}], "last_active": 1.0}
+    rpc.datastore[("asyncln", "lsps5", CLIENT)] = json.dumps(record_of)
+    rpc.datastore[("asyncln", "lsps5", STRANGER)] = json.dumps({"webhooks": "not a list"})
+    plugin, rpc = starting()
+    assert ask(plugin, rpc, CLIENT, "lsps5.list_webhooks", {}, "l1").result["app_names"] == ["w"]
+    assert ask(plugin, rpc, STRANGER, "lsps5.list_webhooks", {}, "l2").result["app_names"] == []
+    assert any(f"unreadable lsps5 record {STRANGER}" in line for line in plugin.logs)
+
+
+def test_a_change_that_cannot_be_stored_is_not_reported_as_done(node):
+    plugin, rpc = node
+
+    def refuse(params):
+        raise RpcFailure(-1, "database is locked")
+    rpc.handlers["datastore"] = refuse
+    answer = ask(plugin, rpc, CLIENT, "lsps5.set_webhook", {"app_name": "w", "webhook": URL}, "f1")
+    assert answer.error["code"] == -32603
+    assert ask(plugin, rpc, CLIENT, "lsps5.list_webhooks", {}, "f2").result["app_names"] == []
 
 
 MALFORMED = [
