@@ -17,9 +17,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pyln.client import Plugin  # noqa: E402
 from pyln.client.plugin import Method, RequestState  # noqa: E402
 
-from asyncln import __version__, messages, params, recipient, rod  # noqa: E402
+from asyncln import __version__, lsps0, lsps5, messages, params, recipient, rod  # noqa: E402
 from asyncln.errors import AsynclnError, Code  # noqa: E402
 from asyncln.features import feature_hex  # noqa: E402
+from asyncln.lsps_shell import WebhookConfig  # noqa: E402
 from asyncln.node import Node  # noqa: E402
 from asyncln.policy import DEFAULTS, OPTIONS, Policy  # noqa: E402
 from asyncln.port import CONTINUE, FAIL_TEMPORARY  # noqa: E402
@@ -48,9 +49,11 @@ OPTION_HELP = {
     "asyncln-rod-invoice-expiry": "Seconds each presigned invoice I deposit stays valid",
 }
 
+# asyncln's messages, and LSPS0's (bLIP-50), which carry bLIP-55 webhook requests.
+CUSTOM_MSGS = list(messages.MESSAGE_TYPES) + [lsps0.MESSAGE_TYPE]
 # lightningd only lets non-dynamic plugins set feature bits: load asyncln at startup.
 plugin = Plugin(dynamic=False, init_features=feature_hex(), node_features=feature_hex(),
-                custom_msgs=list(messages.MESSAGE_TYPES))
+                custom_msgs=CUSTOM_MSGS)
 for _name, (_field, _) in OPTIONS.items():
     plugin.add_option(_name, getattr(DEFAULTS, _field), OPTION_HELP[_name], opt_type="int")
 plugin.add_option("asyncln-relay", True, "Hold payments for others", opt_type="bool")
@@ -67,6 +70,16 @@ plugin.add_option("asyncln-rod", "", "My Rods, which serve my invoices while I a
                   "comma-separated node_id[@host:port]")
 for _name, (_field, _) in recipient.OPTIONS.items():
     plugin.add_option(_name, getattr(_RECIPIENT, _field), OPTION_HELP[_name], opt_type="int")
+plugin.add_option("asyncln-lsps5-service", True,
+                  "Serve bLIP-55 (LSPS5) webhook registrations to channel peers, and POST to their "
+                  "webhooks while I hold payments for them", opt_type="bool")
+plugin.add_option("asyncln-webhook-hsm-secret", False,
+                  "Sign webhook notifications with the node key read from lightningd's hsm_secret "
+                  "(unencrypted, no passphrase): signmessage's signatures do not verify as bLIP-55 wants",
+                  opt_type="bool")
+plugin.add_option("asyncln-webhook-allow-http-loopback", False,
+                  "Developers only: accept bLIP-55 webhooks on loopback (127.0.0.1, ::1, localhost), "
+                  "over http too", opt_type="bool")
 
 NODE: Node = None
 
@@ -81,6 +94,14 @@ def started_as() -> list:
     return [os.path.abspath(__file__)] + [os.path.abspath(a) for a in sys.orig_argv[1:] if os.path.isfile(a)]
 
 
+def webhook_config(options: dict, configuration: dict) -> WebhookConfig:
+    """configuration's lightning-dir is the network's directory, where hsm_secret is."""
+    hsm_secret = (os.path.join(configuration["lightning-dir"], "hsm_secret")
+                  if options.get("asyncln-webhook-hsm-secret") else None)
+    return WebhookConfig(bool(options.get("asyncln-lsps5-service", True)),
+                         bool(options.get("asyncln-webhook-allow-http-loopback")), hsm_secret)
+
+
 @plugin.init()
 def init(options, configuration, plugin, **kwargs):
     global NODE
@@ -91,7 +112,7 @@ def init(options, configuration, plugin, **kwargs):
     except ValueError as e:
         policy, limits, config, refused = DEFAULTS, _LIMITS, _RECIPIENT, str(e)
     node = Node(plugin.rpc, log, policy, refused, started_as(),
-                limits, config)
+                limits, config, webhook_config(options, configuration))
     if refused and not node.has_open_records():
         return {"disable": refused}
     if refused:
@@ -118,8 +139,9 @@ def on_htlc_accepted(onion, htlc, request, plugin, peer_id=None, **kwargs):
             request.set_result(FAIL_TEMPORARY)
 
 
-@plugin.hook("custommsg", filters=list(messages.MESSAGE_TYPES))
+@plugin.hook("custommsg", filters=CUSTOM_MSGS)
 def on_custommsg(peer_id, payload, plugin, **kwargs):
+    """Always ``continue``: another plugin (e.g. CLN's LSPS plugin) may want the same message."""
     try:
         NODE.custom_message(peer_id, payload)
     except Exception as e:
@@ -149,6 +171,11 @@ def on_channel_state_changed(plugin, **kwargs):
 @plugin.subscribe("connect")
 def on_connect(plugin, **kwargs):
     NODE.peer_connected(_payload(kwargs, "connect")["id"])
+
+
+@plugin.subscribe("disconnect")
+def on_disconnect(plugin, **kwargs):
+    NODE.lsps.disconnected(_payload(kwargs, "disconnect")["id"])
 
 
 @plugin.subscribe("sendpay_success")
@@ -276,6 +303,28 @@ def asyncln_cancel(plugin, payment_hash):
     Refused while an outgoing attempt is in flight.
     """
     return NODE.cancel(payment_hash)
+
+
+@rpc("asyncln-webhook", waits=True, peer=params.node_id, url=params.text, app_name=params.text)
+def asyncln_webhook(plugin, peer, url, app_name="asyncln"):
+    """Register (or replace) a bLIP-55 webhook at my LSP ``peer``: it POSTs there to wake me.
+
+    Sends lsps5.set_webhook and waits for the answer: num_webhooks, max_webhooks,
+    no_change. The LSP's refusal (e.g. 502: not https) is error 2141.
+    """
+    return NODE.lsps.call(peer, lsps5.SET_WEBHOOK, {"app_name": app_name, "webhook": url})
+
+
+@rpc("asyncln-listwebhooks", waits=True, peer=params.node_id)
+def asyncln_listwebhooks(plugin, peer):
+    """The app names of my webhooks at my LSP ``peer`` (bLIP-55 lsps5.list_webhooks)."""
+    return NODE.lsps.call(peer, lsps5.LIST_WEBHOOKS, {})
+
+
+@rpc("asyncln-delwebhook", waits=True, peer=params.node_id, app_name=params.text)
+def asyncln_delwebhook(plugin, peer, app_name):
+    """Remove my webhook ``app_name`` at my LSP ``peer`` (bLIP-55 lsps5.remove_webhook)."""
+    return NODE.lsps.call(peer, lsps5.REMOVE_WEBHOOK, {"app_name": app_name})
 
 
 @rpc("asyncln-getinfo")

@@ -34,6 +34,7 @@ class Code(IntEnum):
     INVOICE_MISMATCH = 2137       # the fetched invoice is not B's, expired, or the wrong amount
     HASH_REUSED = 2138            # the fetched invoice's hash was used before
     NOTE_REFUSED = 2139           # the note is too long, or cannot be stored or opened
+    LSP_REFUSED = 2141            # the peer answered our LSPS request with an error (bLIP-50/55)
 
 
 class AsynclnError(Exception):

@@ -161,6 +161,8 @@ class HolderShell:
                     self.logged_states[held.payment_hash] = held.state
                 if changed:
                     self.log(held_line(held))
+                    if held.state == HoldState.HELD:  # B is away: wake it (bLIP-55 webhooks)
+                        self.lsps.payment_held(held.record.next_node)
             case hold.Forget(payment_hash=payment_hash):
                 self.store.delete("held", payment_hash)
                 with self.lock:
@@ -536,6 +538,7 @@ class HolderShell:
             self.check_chain(height)
             self.reconcile()
             self.submit(lambda: self.rods.on_block(height))
+            self.submit(lambda: self.lsps.on_block(height))
         self.submit(job, urgent=True)  # deadlines ride on it: ahead of informative work
 
     def check_chain(self, hint: int = 0) -> None:
@@ -578,6 +581,8 @@ class HolderShell:
         self.submit(self.refresh_channels)
 
     def peer_connected(self, peer: str) -> None:
+        self.lsps.connected(peer)
+
         def job():
             if peer in self.asyncln_peers():
                 self.greet(peer)

@@ -13,10 +13,11 @@ from collections import deque
 from dataclasses import replace
 from typing import Callable, Dict, Optional, Sequence, assert_never
 
-from . import __version__, counters, hold, messages, onion, payer, rod
+from . import __version__, counters, hold, lsps0, messages, onion, payer, rod
 from .errors import AsynclnError, Code
 from .features import FEATURE_BIT
 from .holder_shell import HolderShell, held_json
+from .lsps_shell import LspsShell, WebhookConfig
 from .payer_shell import PayerShell
 from .policy import Policy
 from .port import Port, int_param
@@ -33,7 +34,8 @@ class Node(HolderShell, PayerShell, Port):
     def __init__(self, rpc, log: Callable[..., None], policy: Policy,
                  refused_options: Optional[str] = None, plugin_paths: Sequence[str] = (),
                  rod_limits: rod.RodLimits = rod.RodLimits(),
-                 recipient: RecipientConfig = RecipientConfig()):
+                 recipient: RecipientConfig = RecipientConfig(),
+                 webhooks: WebhookConfig = WebhookConfig()):
         self.rpc = rpc
         self.log = log
         self.lock = threading.RLock()
@@ -82,6 +84,7 @@ class Node(HolderShell, PayerShell, Port):
         self.onion_secrets = self.store.load("secrets")
         self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
+        self.lsps = LspsShell(self, webhooks)
 
     def _onion_key(self, policy: Policy):
         """Our asyncln key (makesecret) and the terms we announce: the policy, the key, its signature."""
@@ -103,12 +106,16 @@ class Node(HolderShell, PayerShell, Port):
         self.submit(self._startup)
 
     def _startup(self) -> None:
+        self.lsps.startup()
         self.reconcile()
         for peer in self.asyncln_peers():
             self.greet(peer)
             self.rods.peer_connected(peer)
 
     def custom_message(self, peer: str, payload: str) -> None:
+        if lsps0.is_lsps0(payload):
+            self.lsps.on_message(peer, payload)
+            return
         try:
             msg = messages.decode(payload)
         except DecodeError as e:
@@ -176,6 +183,7 @@ class Node(HolderShell, PayerShell, Port):
                                 "accepting no new holds")
             if not relay.synced:
                 warnings.append("lightningd is catching up with the chain: no new holds or attempts")
+            warnings += self.lsps.warnings()
             return {
                 "version": __version__, "feature_bit": FEATURE_BIT,
                 "blockheight": relay.height, "synced": relay.synced,
@@ -194,5 +202,6 @@ class Node(HolderShell, PayerShell, Port):
                                 for peer, i in sorted(self.terms.items())],
                 "rods": self.rods.rods_json(),
                 "rod_depositors": self.rods.depositors_json(),
+                "webhooks": self.lsps.getinfo(),
                 "warnings": warnings,
             }

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Sequence
 from pyln.client import RpcError
 from pyln.client.plugin import RequestState
 
-from . import failures, messages
+from . import failures, lsps0, messages
 from .errors import AsynclnError, Code
 from .features import has_feature
 from .lightningd import msat, rpc_message
@@ -162,9 +162,10 @@ class Port:
                     and not any(r is request for r in self.pending.values()))
 
     def send(self, peer: str, msg) -> bool:
-        """Informative messages: a peer that is gone is not an error."""
+        """An asyncln or LSPS0 message; a peer that is gone is not an error."""
+        payload = lsps0.encode(msg) if isinstance(msg, lsps0.Message) else messages.encode(msg)
         try:
-            self.rpc.call("sendcustommsg", {"node_id": peer, "msg": messages.encode(msg)})
+            self.rpc.call("sendcustommsg", {"node_id": peer, "msg": payload})
             return True
         except RpcError as e:
             self.log(f"could not message {peer}: {rpc_message(e)}", level="debug")

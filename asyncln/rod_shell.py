@@ -92,7 +92,7 @@ class RodShell:
             case messages.InvoiceRequest():
                 self.node.submit_once((peer, "invoice"), lambda: self.serve(peer, msg))
             case messages.InvoiceResponse():
-                self._answered(("invoice", msg.request_id), peer, msg)
+                self.answered(("invoice", msg.request_id), peer, msg)
             case messages.Note() if msg.recipient == self.node.node_id and not msg.private:
                 if peer in self.my_rods:
                     self.node.submit(lambda: self.receive_note(peer, msg))  # bounded by R's cap
@@ -107,9 +107,9 @@ class RodShell:
                 self.node.submit_once((peer, "cancel"),
                                       lambda: self.node.payer_cancelled(peer, msg.payment_hash))
             case messages.CancelAnswer():
-                self._answered(("cancel", msg.payment_hash), peer, msg)
+                self.answered(("cancel", msg.payment_hash), peer, msg)
             case messages.NoteAnswer():
-                self._answered(("note", msg.payment_hash), peer, msg)
+                self.answered(("note", msg.payment_hash), peer, msg)
 
     def peer_connected(self, peer: str) -> None:
         """Worker: a depositor gets its notes; one of my Rods is asked for its pool level."""
@@ -220,6 +220,7 @@ class RodShell:
             self.save_pool(depositor, pool)
             self.node.log(f"served {'a private offer' if request.private else 'invoice'} "
                           f"{invoice.payment_hash} to {requester}")
+            self.node.lsps.pool_served(depositor, len(pool.invoices))
             answer = (messages.InvoiceResponse(request.request_id, offer=invoice.offer)
                       if request.private else
                       messages.InvoiceResponse(request.request_id, bolt11=invoice.bolt11))
@@ -619,11 +620,13 @@ class RodShell:
             with self._slots_lock:
                 self._slots.pop(key, None)
 
-    def _answered(self, key: Tuple, peer: str, answer) -> None:
+    def answered(self, key: Tuple, peer: str, answer, unasked_level: str = "info") -> None:
+        """File ``answer`` for whoever waits on ``key`` from ``peer``; log anything else at
+        ``unasked_level`` (debug for LSPS responses: another LSPS plugin may have asked)."""
         with self._slots_lock:
             waiting = self._slots.get(key)
         if waiting is None or waiting[0] != peer:
-            self.node.log(f"ignoring an unasked-for answer from {peer}", level="info")
+            self.node.log(f"ignoring an unasked-for answer from {peer}", level=unasked_level)
             return
         try:
             waiting[1].put_nowait(answer)

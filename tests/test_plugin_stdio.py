@@ -49,11 +49,12 @@ def test_manifest_declares_the_interface(node):
         assert len(methods[name]["usage"]) > 20  # usage followed by its help text
     assert {h["name"] for h in manifest["hooks"]} == {"htlc_accepted", "custommsg"}
     custommsg = next(h for h in manifest["hooks"] if h["name"] == "custommsg")
-    assert custommsg["filters"] == list(messages.MESSAGE_TYPES)  # others' messages never reach us
+    # others' messages never reach us; LSPS0's (37913) carry bLIP-55 webhook requests
+    assert custommsg["filters"] == list(messages.MESSAGE_TYPES) + [37913]
     assert {"block_added", "connect", "sendpay_success", "sendpay_failure"} <= set(manifest["subscriptions"])
     assert has_feature(manifest["featurebits"]["init"]) and has_feature(manifest["featurebits"]["node"])
     assert int(manifest["featurebits"]["node"], 16) == 1 << FEATURE_BIT
-    assert manifest["custommessages"] == list(messages.MESSAGE_TYPES)
+    assert manifest["custommessages"] == list(messages.MESSAGE_TYPES) + [37913]
     assert manifest["dynamic"] is False
 
 
