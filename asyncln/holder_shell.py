@@ -161,8 +161,9 @@ class HolderShell:
                     self.logged_states[held.payment_hash] = held.state
                 if changed:
                     self.log(held_line(held))
-                    if held.state == HoldState.HELD:  # B is away: wake it (bLIP-55 webhooks)
-                        self.lsps.payment_held(held.record.next_node)
+                    if held.state == HoldState.HELD:  # B is away: wake it (bLIP-55 webhooks),
+                        # as a job of its own: a failing webhook must not fail this Persist
+                        self.submit(lambda peer=held.record.next_node: self.lsps.payment_held(peer))
             case hold.Forget(payment_hash=payment_hash):
                 self.store.delete("held", payment_hash)
                 with self.lock:

@@ -278,3 +278,18 @@ def test_a_send_refused_behind_the_tip_still_carries_out_what_the_new_height_wak
     actions = shell.send_attempt(send)
     assert any(isinstance(a, hold.FailIncoming) and a.payment_hash == other for a in actions)
     assert "sendonion" not in [m for m, _ in rpc.calls]
+
+
+def test_a_webhook_that_raises_does_not_mark_the_held_record_unsaved():
+    """A failing wake-up (bLIP-55) never changes what happens to the held payment."""
+    shell = node(RecordingRpc())
+
+    def broken(client):
+        raise RuntimeError("webhook registry broke")
+    shell.lsps.payment_held = broken
+    with shell.lock:
+        _, actions = shell.relay.htlc_accepted(PAYMENT_HASH, incoming(), payload(record()),
+                                               110_000, 1500)
+    shell.run(actions)  # Persist (held), FindRoute
+    assert shell.relay.held[PAYMENT_HASH].state == hold.HoldState.HELD
+    assert PAYMENT_HASH not in shell.relay.unsaved
