@@ -306,6 +306,10 @@ class Relay:
         self.peer_count: Dict[Optional[str], int] = defaultdict(int)
         self.peer_msat: Dict[Optional[str], int] = defaultdict(int)
         self._due: List[Tuple[int, str]] = []
+        # (give-up height, hash) of HELD payments: a slice fails these back before it
+        # wakes anything else. Both heaps keep stale entries, skipped when popped.
+        self._deadlines: List[Tuple[int, str]] = []
+        self._woken: Set[str] = set()       # woken at self.height: not again at this height
         for h in held:
             self._put(h)
 
@@ -395,32 +399,64 @@ class Relay:
             return None
         return existing
 
-    def chain(self, height: int, synced: bool) -> List[Action]:
+    def chain(self, height: int, synced: bool, limit: Optional[int] = None) -> List[Action]:
         """lightningd's height and whether it has reached bitcoind's tip (node.synced)."""
         if synced and not self.synced:
             # What waited for the sync is due now, not a block later.
+            self._woken.clear()
             for names in list(self.by_node.values()):
                 for payment_hash in names:
                     wake = self._wake_height(self.held[payment_hash])
                     if wake is not None:
                         heapq.heappush(self._due, (wake, payment_hash))
         self.synced = synced
-        return self.block(height)
+        return self.block(height, limit)
 
-    def block(self, height: int) -> List[Action]:
-        """Wake only the payments due by now: the cost is in what is due, not in what is held."""
-        self.height = max(self.height, height)
+    def block(self, height: int, limit: Optional[int] = None) -> List[Action]:
+        """A new height: wake what is due by now, at most ``limit`` payments (all if None).
+
+        The cost is in what is due, not in what is held. What a limit leaves
+        is still due (:meth:`has_due`) and :meth:`due_slice` wakes it later:
+        the shell releases its lock between slices, so a poll round that
+        makes every held payment due never holds it for long.
+        """
+        if height > self.height:
+            self.height = height
+            self._woken.clear()
+        return self.due_slice(limit)
+
+    def has_due(self) -> bool:
+        """Some payment is due at the current height and not woken yet (or a stale entry
+        waits to be skipped)."""
+        return any(heap and heap[0][0] <= self.height for heap in (self._deadlines, self._due))
+
+    def due_slice(self, limit: Optional[int] = None) -> List[Action]:
+        """Wake up to ``limit`` due payments (all if None): every fail-back due first,
+        then the rest by wake height. Each due payment is woken once per height,
+        whatever the slicing."""
         actions: List[Action] = []
-        woken: Set[str] = set()
-        while self._due and self._due[0][0] <= self.height:
+        woken: List[str] = []
+        budget = limit if limit is not None else -1
+        while budget != 0 and self._deadlines and self._deadlines[0][0] <= self.height:
+            budget -= 1
+            _, payment_hash = heapq.heappop(self._deadlines)
+            held = self.held.get(payment_hash)
+            if (held is not None and held.state == HoldState.HELD
+                    and self.height >= held.give_up_height):
+                self._woken.add(payment_hash)
+                woken.append(payment_hash)
+                actions += self._wake(held)  # fails it back: its give-up height has come
+        while budget != 0 and self._due and self._due[0][0] <= self.height:
+            budget -= 1
             _, payment_hash = heapq.heappop(self._due)
             held = self.held.get(payment_hash)
-            if payment_hash in woken or held is None:
+            if payment_hash in self._woken or held is None:
                 continue
             wake = self._wake_height(held)
             if wake is None or wake > self.height:
                 continue  # a stale entry: the record's current one is queued too
-            woken.add(payment_hash)
+            self._woken.add(payment_hash)
+            woken.append(payment_hash)
             actions += self._wake(held)
         for payment_hash in woken:
             held = self.held.get(payment_hash)
@@ -699,6 +735,9 @@ class Relay:
         if wake is not None and (old is None or wake != self._wake_height(old)
                                  or old.state != held.state):
             heapq.heappush(self._due, (wake, held.payment_hash))
+        if held.state == HoldState.HELD and (old is None or old.state != HoldState.HELD
+                                             or old.give_up_height != held.give_up_height):
+            heapq.heappush(self._deadlines, (held.give_up_height, held.payment_hash))
         return held
 
     def _count(self, held: HeldPayment, sign: int) -> None:

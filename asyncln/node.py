@@ -72,6 +72,7 @@ class Node(HolderShell, PayerShell, Port):
         self._cv = threading.Condition()
         self._waking: Dict[str, float] = {}  # peer -> give up waiting at (monotonic)
         self._queued: Dict[tuple, int] = {}  # (peer, kind) -> jobs queued, at most QUEUED_PER_PEER
+        self._slicing = False                # a poll round's next slice is queued (wake_due)
         self._last_tick = self._last_reconcile = self._last_chain = time.monotonic()
         # hash of an invoice a Rod handed us -> that Rod: paying it later holds for the Rod
         fetched = self.store.load("fetched")
