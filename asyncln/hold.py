@@ -41,7 +41,7 @@ from .chain import HEIGHT_SLACK
 from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
-from .record import RECORD_TYPE, FinalTlvs, HintHop, TrampolineRecord, find_record
+from .record import RECORD_TYPE, FinalTlvs, HintHop, TrampolineRecord, find_record, restore
 from .states import HOLD_MOVES, HOLD_OPEN, HoldState, move
 from .wire import DecodeError
 
@@ -158,11 +158,14 @@ class HeldPayment:
     def from_json(cls, data: dict) -> "HeldPayment":
         data = dict(data)
         data.pop("payer", None)  # version 0.1 reported to the previous hop; no longer
-        data["incoming"] = Incoming(**data["incoming"])
+        if "attached" in data:
+            raise TypeError("attached is never stored")
+        data["incoming"] = restore(Incoming, data["incoming"])
         data["record"] = TrampolineRecord.from_json(data["record"])
         data["state"] = HoldState(data["state"])
         data["lost_partids"] = tuple(data.get("lost_partids", ()))
-        return cls(attached=False, **data)
+        data["attached"] = False
+        return restore(cls, data)
 
 
 # --- what the hook is told right away ------------------------------------
@@ -724,7 +727,7 @@ class Relay:
         if changes:
             if "state" in changes:
                 move(HOLD_MOVES, held.state, changes["state"])
-            held = replace(held, **changes)
+            held = restore(HeldPayment, {**held.__dict__, **changes})
         if old is not None:
             self._count(old, -1)
         self._count(held, +1)
