@@ -2,12 +2,16 @@
 and a restart writes back only the records that changed."""
 
 import json
+import socket
+import threading
+import time
 from dataclasses import asdict, replace
 
 import pytest
 from factories import PAYMENT_HASH, channel, incoming, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyln.client import RpcError
 from test_node import RecordingRpc
 
 from asyncln import hold
@@ -15,6 +19,7 @@ from asyncln.node import Node
 from asyncln.policy import Policy
 from asyncln.record import HintHop, TrampolineRecord, restore
 from asyncln.states import HoldState
+from asyncln.store import list_all
 
 
 def stored(**changes):
@@ -74,3 +79,47 @@ def test_recovery_writes_nothing_unchanged():
                             "string": json.dumps(stored(incoming=incoming(channel_id=None)))}]})
     node = Node(rpc, lambda *a, **k: None, Policy())
     assert PAYMENT_HASH in node.relay.held and not node.relay.unsaved
+
+
+class SocketRpc:
+    """lightningd's RPC socket answering one listdatastore in small pieces, the blank line
+    that ends it split across two of them."""
+
+    def __init__(self, tmp_path, answer: bytes, piece: int):
+        self.socket_path = str(tmp_path / "rpc")
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.socket_path)
+        self.server.listen(1)
+        self.requests = []
+
+        def serve():
+            conn, _ = self.server.accept()
+            with conn:
+                self.requests.append(json.loads(conn.recv(65536)))
+                for start in range(0, len(answer), piece):
+                    conn.sendall(answer[start:start + piece])
+                    time.sleep(0.001)  # one recv per piece
+        threading.Thread(target=serve, daemon=True).start()
+
+
+def test_list_all_reads_a_split_answer(tmp_path):
+    entries = [{"key": ["asyncln", "held", f"{i:064x}"], "string": json.dumps({"i": i})}
+               for i in range(50)]
+    body = json.dumps({"jsonrpc": "2.0", "id": "x", "result": {"datastore": entries}}).encode()
+    piece = 97
+    answer = body + b"\n\n"
+    while len(answer) % piece != 1:  # the blank line's two newlines in two pieces
+        body += b" "
+        answer = body + b"\n\n"
+    rpc = SocketRpc(tmp_path, answer, piece)
+    assert list_all(rpc, ["asyncln", "held"]) == entries
+    [request] = rpc.requests
+    assert request["params"] == {"key": ["asyncln", "held"]}
+    assert request["filter"] == {"datastore": [{"key": True, "string": True}]}
+
+
+def test_list_all_reports_lightningd_errors(tmp_path):
+    answer = json.dumps({"jsonrpc": "2.0", "id": "x",
+                         "error": {"code": -1, "message": "no"}}).encode() + b"\n\n"
+    with pytest.raises(RpcError):
+        list_all(SocketRpc(tmp_path, answer, 10), ["asyncln", "held"])
