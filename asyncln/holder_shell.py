@@ -73,7 +73,8 @@ def settle_memory() -> None:
     (bench/bench_core.py). A round replaces every record it wakes, so the shell
     calls this after recovery and after each slice of a round; a young
     collection first frees the young cycles (say, an exception's frames)
-    instead of freezing them.
+    instead of freezing them. The price: a cycle that dies after a freeze is
+    never collected (reference counting still frees everything else).
     """
     gc.collect(1)
     gc.freeze()
@@ -585,9 +586,7 @@ class HolderShell:
         fail-backs the core puts first) run between them. Each slice's new records are
         frozen (settle_memory) before the next."""
         with self.lock:
-            if self._slicing:
-                return
-            if not self.relay.has_due():
+            if self._slicing or not self.relay.has_due():
                 return
             self._slicing = True
 
