@@ -62,8 +62,9 @@ def restore(cls, data: dict):
         raise TypeError(f"{cls.__name__} record lacks {sorted(required - keys)} "
                         f"or has unknown {sorted(keys - names)}")
     obj = object.__new__(cls)
-    obj.__dict__.update(defaults)
-    obj.__dict__.update({name: make() for name, make in factories if name not in keys})
+    if len(keys) < len(names):  # some left out: their defaults first
+        obj.__dict__.update(defaults)
+        obj.__dict__.update({name: make() for name, make in factories if name not in keys})
     obj.__dict__.update(data)
     if post_init:
         obj.__post_init__()

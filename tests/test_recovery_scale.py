@@ -123,3 +123,10 @@ def test_list_all_reports_lightningd_errors(tmp_path):
                          "error": {"code": -1, "message": "no"}}).encode() + b"\n\n"
     with pytest.raises(RpcError):
         list_all(SocketRpc(tmp_path, answer, 10), ["asyncln", "held"])
+
+
+def test_changed_refuses_an_unknown_field_as_replace_does():
+    held = hold.HeldPayment.from_json(stored())
+    assert hold._changed(held, {"attempts": 3}) == replace(held, attempts=3)
+    with pytest.raises(TypeError):
+        hold._changed(held, {"atempts": 3})
