@@ -728,9 +728,11 @@ class Relay:
             if "state" in changes:
                 move(HOLD_MOVES, held.state, changes["state"])
             held = _changed(held, changes)
-        if old is not None:
-            self._count(old, -1)
-        self._count(held, +1)
+        if (old is None or old.state != held.state or old.incoming is not held.incoming
+                or old.record is not held.record):  # else what _count reads is unchanged
+            if old is not None:
+                self._count(old, -1)
+            self._count(held, +1)
         self.held[held.payment_hash] = held
         owed = held.state in TERMINAL and held.attached
         (self.owed.add if owed else self.owed.discard)(held.payment_hash)
