@@ -41,7 +41,7 @@ from .chain import HEIGHT_SLACK
 from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
-from .record import RECORD_TYPE, FinalTlvs, HintHop, TrampolineRecord, find_record
+from .record import RECORD_TYPE, FinalTlvs, HintHop, TrampolineRecord, find_record, restore
 from .states import HOLD_MOVES, HOLD_OPEN, HoldState, move
 from .wire import DecodeError
 
@@ -158,11 +158,14 @@ class HeldPayment:
     def from_json(cls, data: dict) -> "HeldPayment":
         data = dict(data)
         data.pop("payer", None)  # version 0.1 reported to the previous hop; no longer
-        data["incoming"] = Incoming(**data["incoming"])
+        if "attached" in data:
+            raise TypeError("attached is never stored")
+        data["incoming"] = restore(Incoming, data["incoming"])
         data["record"] = TrampolineRecord.from_json(data["record"])
         data["state"] = HoldState(data["state"])
         data["lost_partids"] = tuple(data.get("lost_partids", ()))
-        return cls(attached=False, **data)
+        data["attached"] = False
+        return restore(cls, data)
 
 
 # --- what the hook is told right away ------------------------------------
@@ -306,6 +309,10 @@ class Relay:
         self.peer_count: Dict[Optional[str], int] = defaultdict(int)
         self.peer_msat: Dict[Optional[str], int] = defaultdict(int)
         self._due: List[Tuple[int, str]] = []
+        # (give-up height, hash) of HELD payments: a slice fails these back before it
+        # wakes anything else. Both heaps keep stale entries, skipped when popped.
+        self._deadlines: List[Tuple[int, str]] = []
+        self._woken: Set[str] = set()       # woken at self.height: not again at this height
         for h in held:
             self._put(h)
 
@@ -395,32 +402,64 @@ class Relay:
             return None
         return existing
 
-    def chain(self, height: int, synced: bool) -> List[Action]:
+    def chain(self, height: int, synced: bool, limit: Optional[int] = None) -> List[Action]:
         """lightningd's height and whether it has reached bitcoind's tip (node.synced)."""
         if synced and not self.synced:
             # What waited for the sync is due now, not a block later.
+            self._woken.clear()
             for names in list(self.by_node.values()):
                 for payment_hash in names:
                     wake = self._wake_height(self.held[payment_hash])
                     if wake is not None:
                         heapq.heappush(self._due, (wake, payment_hash))
         self.synced = synced
-        return self.block(height)
+        return self.block(height, limit)
 
-    def block(self, height: int) -> List[Action]:
-        """Wake only the payments due by now: the cost is in what is due, not in what is held."""
-        self.height = max(self.height, height)
+    def block(self, height: int, limit: Optional[int] = None) -> List[Action]:
+        """A new height: wake what is due by now, at most ``limit`` payments (all if None).
+
+        The cost is in what is due, not in what is held. What a limit leaves
+        is still due (:meth:`has_due`) and :meth:`due_slice` wakes it later:
+        the shell releases its lock between slices, so a poll round that
+        makes every held payment due never holds it for long.
+        """
+        if height > self.height:
+            self.height = height
+            self._woken.clear()
+        return self.due_slice(limit)
+
+    def has_due(self) -> bool:
+        """Some payment is due at the current height and not woken yet (or a stale entry
+        waits to be skipped)."""
+        return any(heap and heap[0][0] <= self.height for heap in (self._deadlines, self._due))
+
+    def due_slice(self, limit: Optional[int] = None) -> List[Action]:
+        """Wake up to ``limit`` due payments (all if None): every fail-back due first,
+        then the rest by wake height. Each due payment is woken once per height,
+        whatever the slicing."""
         actions: List[Action] = []
-        woken: Set[str] = set()
-        while self._due and self._due[0][0] <= self.height:
+        woken: List[str] = []
+        budget = limit if limit is not None else -1
+        while budget != 0 and self._deadlines and self._deadlines[0][0] <= self.height:
+            budget -= 1
+            _, payment_hash = heapq.heappop(self._deadlines)
+            held = self.held.get(payment_hash)
+            if (held is not None and held.state == HoldState.HELD
+                    and self.height >= held.give_up_height):
+                self._woken.add(payment_hash)
+                woken.append(payment_hash)
+                actions += self._wake(held)  # fails it back: its give-up height has come
+        while budget != 0 and self._due and self._due[0][0] <= self.height:
+            budget -= 1
             _, payment_hash = heapq.heappop(self._due)
             held = self.held.get(payment_hash)
-            if payment_hash in woken or held is None:
+            if payment_hash in self._woken or held is None:
                 continue
             wake = self._wake_height(held)
             if wake is None or wake > self.height:
                 continue  # a stale entry: the record's current one is queued too
-            woken.add(payment_hash)
+            self._woken.add(payment_hash)
+            woken.append(payment_hash)
             actions += self._wake(held)
         for payment_hash in woken:
             held = self.held.get(payment_hash)
@@ -688,10 +727,12 @@ class Relay:
         if changes:
             if "state" in changes:
                 move(HOLD_MOVES, held.state, changes["state"])
-            held = replace(held, **changes)
-        if old is not None:
-            self._count(old, -1)
-        self._count(held, +1)
+            held = _changed(held, changes)
+        if (old is None or old.state != held.state or old.incoming is not held.incoming
+                or old.record is not held.record):  # else what _count reads is unchanged
+            if old is not None:
+                self._count(old, -1)
+            self._count(held, +1)
         self.held[held.payment_hash] = held
         owed = held.state in TERMINAL and held.attached
         (self.owed.add if owed else self.owed.discard)(held.payment_hash)
@@ -699,6 +740,9 @@ class Relay:
         if wake is not None and (old is None or wake != self._wake_height(old)
                                  or old.state != held.state):
             heapq.heappush(self._due, (wake, held.payment_hash))
+        if held.state == HoldState.HELD and (old is None or old.state != HoldState.HELD
+                                             or old.give_up_height != held.give_up_height):
+            heapq.heappush(self._deadlines, (held.give_up_height, held.payment_hash))
         return held
 
     def _count(self, held: HeldPayment, sign: int) -> None:
@@ -925,6 +969,20 @@ class Relay:
         if held.payer:
             actions.append(self._notify(held, reason))
         return actions + self._answer(held)
+
+
+_HELD_FIELDS = frozenset(HeldPayment.__dataclass_fields__)
+
+
+def _changed(held: HeldPayment, changes: dict) -> HeldPayment:
+    """dataclasses.replace(held, **changes) without re-running __init__ (HeldPayment has no
+    checks in it): every event replaces a record, admission twice (bench/bench_core.py)."""
+    if not changes.keys() <= _HELD_FIELDS:
+        raise TypeError(f"HeldPayment has no field {sorted(changes.keys() - _HELD_FIELDS)}")
+    new = object.__new__(HeldPayment)
+    new.__dict__.update(held.__dict__)
+    new.__dict__.update(changes)
+    return new
 
 
 def _no_easier(search: FindRoute, failed: FindRoute) -> bool:

@@ -5,6 +5,7 @@ byte offset, so callers can build an ``invalid_onion_payload`` failure or a
 log line without guessing what went wrong.
 """
 
+import functools
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 from coincurve import PublicKey
@@ -79,13 +80,19 @@ def decode_tlv_stream(data: bytes, known_even: Iterable[int] = ()) -> Dict[int, 
     """
     known = set(known_even)
     records: Dict[int, bytes] = {}
-    offset, last = 0, -1
-    while offset < len(data):
+    offset, last, end = 0, -1, len(data)
+    while offset < end:
         start = offset
-        tlv_type, offset = decode_bigsize(data, offset)
+        if data[offset] < 0xFD:  # one-byte type and length, the common case, inline
+            tlv_type, offset = data[offset], offset + 1
+        else:
+            tlv_type, offset = decode_bigsize(data, offset)
         if tlv_type <= last:
             raise DecodeError("TLV types out of order or repeated", tlv_type, start)
-        length, offset = decode_bigsize(data, offset)
+        if offset < end and data[offset] < 0xFD:
+            length, offset = data[offset], offset + 1
+        else:
+            length, offset = decode_bigsize(data, offset)
         if offset + length > len(data):
             raise DecodeError("truncated TLV value", tlv_type, start)
         if tlv_type % 2 == 0 and tlv_type not in known:
@@ -98,6 +105,13 @@ def decode_tlv_stream(data: bytes, known_even: Iterable[int] = ()) -> Dict[int, 
 
 def is_point(key: bytes) -> bool:
     """A compressed key that is really on the curve: something can pay or encrypt to it."""
+    return _is_point(bytes(key))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _is_point(key: bytes) -> bool:
+    """Cached: the same recipients and payers come back HTLC after HTLC, and parsing a
+    key was a sixth of a held HTLC's admission (bench/bench_core.py)."""
     if len(key) != 33 or key[0] not in (2, 3):
         return False
     try:
