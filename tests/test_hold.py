@@ -226,8 +226,6 @@ def test_without_please_poll_one_attempt_only():
     (lambda r: [dict(r[0], delay=17)], "final CLTV"),
     (lambda r: [dict(r[0], amount_msat=99_999)], "requested amount"),
     (lambda r: [dict(r[0], id=NOWHERE)], "recipient"),
-    (lambda r: [{"id": NOWHERE, "channel": "1x1x1", "amount_msat": 108_901, "delay": 60}] + r,
-     "route fees"),
     (lambda r: [], "empty route"),
 ])
 def test_unsafe_routes_are_not_used(route_change, problem):
@@ -237,6 +235,23 @@ def test_unsafe_routes_are_not_used(route_change, problem):
     assert "SendPay" not in kinds(actions)
     assert problem in relay.held[PAYMENT_HASH].last_error
     assert relay.held[PAYMENT_HASH].state == HoldState.HELD
+
+
+def test_a_route_dearer_than_the_payer_left_fails_back_at_once_with_its_price():
+    """Issue 12.5: the payer sends S its fee and an estimate of S's route, not its whole cap.
+    A route that costs more is refused (never forwarded short) and quoted, #836's NODE|26,
+    for the payer to retry with: holding on could not make it cheaper."""
+    relay = hold.Relay(POLICY, 1000)
+    arrive(relay)  # 110,000 in, 100,000 out, our fee 1,100: 8,900 left for routing
+    route = [{"id": NOWHERE, "channel": "1x1x1", "amount_msat": 108_901, "delay": 60}]
+    actions = relay.route_found(PAYMENT_HASH, route + direct_route(record()))
+    assert "SendPay" not in kinds(actions)
+    [fail] = of(hold.FailIncoming, actions)
+    margin = 100 - 1 + 2 + 144 + 10  # chain._margin for POLICY's whole hold
+    assert fail.failure_message == failures.trampoline_fee_or_expiry_insufficient(
+        1000 + 8901, 1000, margin)
+    assert "the route costs 8901msat" in fail.reason
+    assert relay.held[PAYMENT_HASH].state == HoldState.FAILED
 
 
 def test_route_with_exact_margins_is_used():
