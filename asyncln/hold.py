@@ -533,6 +533,10 @@ class Relay:
                          next_poll_height=self.height + 1, partid=max(partid, used_partid))
         if self.height >= held.give_up_height:
             return self._fail(held, GAVE_UP)
+        if used_partid >= partid:
+            # Only the number was taken (a payer's retry of a hash we tried before):
+            # the next attempt numbers past it, now rather than a block later.
+            return [Persist(held)] + self._try(held)
         return [Persist(held)]
 
     def adopt_attempt(self, payment_hash: str, partid: int, pending_partid: int) -> List[Action]:

@@ -173,22 +173,28 @@ class Port:
 
     def route_layer(self, layer: str, destination: str, hints: Sequence[Sequence] = (),
                     enable: Sequence[str] = ()) -> Optional[str]:
-        """An askrene layer for one search: the invoice's hinted channels, which gossip never
-        shows, and the channels ``enable`` names (short_channel_id_dir), which gossip shows
+        """An askrene layer for one search: the invoice's hinted channels, which gossip does
+        not show, and the channels ``enable`` names (short_channel_id_dir), which gossip shows
         disabled while their node is offline. None if askrene refused the layer.
 
-        Our own channels are left out: ``auto.localchans`` knows them better.
+        Our own channels are left out: ``auto.localchans`` knows them better. A
+        hinted channel that gossip shows is only enabled: its fees in gossip are
+        the current ones, the invoice's may be stale (a route at stale fees fails).
         The caller removes the layer when the search is done.
         """
         self._try_rpc("askrene-remove-layer", {"layer": layer})  # a crash may have left it
         if not self._try_rpc("askrene-create-layer", {"layer": layer, "persistent": False}):
             return None
+        enable = list(enable)
         for route in hints:
             targets = [hop.node_id for hop in route[1:]] + [destination]
             for hop, target in zip(route, targets):
                 if hop.node_id == self.node_id:
                     continue
                 direction = int(bytes.fromhex(hop.node_id) > bytes.fromhex(target))
+                if self._in_gossip(hop.short_channel_id):
+                    enable.append(f"{hop.short_channel_id}/{direction}")
+                    continue
                 self._try_rpc("askrene-create-channel", {
                     "layer": layer, "source": hop.node_id, "destination": target,
                     "short_channel_id": hop.short_channel_id, "capacity_msat": HINT_CAPACITY_MSAT})
@@ -201,6 +207,12 @@ class Port:
             self._try_rpc("askrene-update-channel", {"layer": layer, "short_channel_id_dir": scidd,
                                                      "enabled": True})
         return layer
+
+    def _in_gossip(self, scid: str) -> bool:
+        try:
+            return bool(self.rpc.call("listchannels", {"short_channel_id": scid}).get("channels"))
+        except RpcError:
+            return False
 
     def _try_rpc(self, method: str, params: dict) -> bool:
         """A call whose failure only costs a route: log it and go on."""

@@ -1363,3 +1363,18 @@ def test_an_unknown_verdict_for_another_node_or_a_recipient_ends_nothing():
     relay.block(1000 + POLICY.poll_blocks)
     assert not [a for a in relay.route_failed(PAYMENT_HASH, "Unknown destination", RECIPIENT)
                 if isinstance(a, hold.FailIncoming)]
+
+
+def test_a_partid_taken_in_lightningd_is_skipped_at_once():
+    """A payer retrying a hash S tried before (NODE|26's terms) must not wait a block."""
+    relay = hold.Relay(POLICY, 1000)
+    arrive(relay)
+    send = relay.route_found(PAYMENT_HASH, direct_route(record()))[-1]
+    actions = relay.send_refused(PAYMENT_HASH, send.partid, "part 1 is taken", used_partid=1)
+    assert kinds(actions) == ["Persist", "FindRoute"]
+    again = relay.route_found(PAYMENT_HASH, direct_route(record()))[-1]
+    assert again.partid == 2
+    assert kinds(relay.send_refused(PAYMENT_HASH, 2, "part 2 is taken", used_partid=3)) == \
+        ["Persist", "FindRoute"]
+    assert relay.route_found(PAYMENT_HASH, direct_route(record()))[-1].partid == 4
+    assert kinds(relay.send_refused(PAYMENT_HASH, 4, "too high")) == ["Persist"]  # waits a block
