@@ -151,9 +151,11 @@ class PayerShell:
             packet, _ = onion.build([(info.onion_key, layers[0]), (rod_terms.onion_key, layers[1])],
                                     invoice.payment_hash)
         else:
-            estimate = self.estimate_route(trampoline, invoice, maxfee)
-            amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info,
-                                             payer.routing_budget(estimate, invoice.amount_msat))
+            # A private offer names no recipient to estimate a route to, and its payment is
+            # not retried with new terms: its Rod gets what the cap leaves, as before.
+            budget = (maxfee if offer is not None else payer.routing_budget(
+                self.estimate_route(trampoline, invoice, maxfee), invoice.amount_msat))
+            amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info, budget)
             if amount != path[-1]["amount_out_msat"]:
                 path = self.route_to(trampoline, amount, maxfee, final_cltv)
             if tail is not None and trampoline != rod:

@@ -948,3 +948,30 @@ def test_a_route_dearer_than_the_payer_left_is_priced_and_quoted_to_the_payer(no
     assert answer["failure_message"] == failures.trampoline_fee_or_expiry_insufficient(
         1000 + 2000, 1000, 30 - 1 + 2 + 144 + 6)
     assert not rpc.called("sendonion") and not rpc.called("sendpay")
+
+
+def test_a_private_recipients_hints_go_into_the_estimate_and_no_route_means_the_default(node):
+    """B's channel is not in our gossip: its invoice's hint joins the estimate's layer.
+    With no route all the same, S gets the documented default (1000msat + 0.2%), not the cap."""
+    plugin, rpc = started(node)
+    fee_scripted(rpc)
+    decoded = rpc.handlers["decode"]({"string": "lnbcrt1fetched"})
+    decoded["routes"] = [[{"pubkey": OTHER, "short_channel_id": "106x1x0", "fee_base_msat": 7,
+                           "fee_proportional_millionths": 8, "cltv_expiry_delta": 9}]]
+    rpc.handlers["decode"] = lambda p: decoded
+    rpc.handlers["listchannels"] = lambda p: {"channels": []}
+    rpc.handlers["askrene-create-channel"] = lambda p: {}
+    direct = rpc.handlers["getroutes"]
+
+    def getroutes(params):
+        if params["source"] == PAYER:
+            raise RpcFailure(205, "Unknown destination")
+        return direct(params)
+    rpc.handlers["getroutes"] = getroutes
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    result = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})["result"]
+    assert result["amount_sent_msat"] == 50_000 + 1050 + 1000 + 100
+    [hinted] = rpc.called("askrene-create-channel")
+    assert hinted["layer"] == f"asyncln-estimate-{'cd' * 32}"
+    assert (hinted["source"], hinted["destination"], hinted["short_channel_id"]) == \
+        (OTHER, RECIPIENT, "106x1x0")
