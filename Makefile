@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_core.py
 	$(PY) bench/bench_recovery.py
+	$(PY) -m pytest -q -p no:cacheprovider --no-header bench/bench_fees.py
 
 # On a local regtest: A pays offline B through S; then B, offline from the
 # start, is paid through its Rod R with an invoice it deposited there. About

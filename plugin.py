@@ -249,7 +249,10 @@ def asyncln_pay(plugin, invstring, trampoline=None, maxfee_msat=None, max_hold_b
     first, and an optional note is encrypted to the recipient. Returns once the
     HTLC is sent, with status `pending`; follow it with asyncln-listpays. The
     instructions travel in an asyncln onion when the holder announced a key;
-    clear=true sends them as a clear record (version 1) instead.
+    clear=true sends them as a clear record (version 1) instead. The holder gets
+    its announced fee and an estimate of its route's fee plus a small margin;
+    maxfee_msat (default 5000msat or 1%) only caps the total. A holder's refusal
+    with new terms (NODE|26) is paid again by itself, within maxfee_msat.
     """
     return NODE.pay(invstring, trampoline, maxfee_msat, max_hold_blocks, amount_msat, note, clear)
 

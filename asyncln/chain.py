@@ -108,11 +108,15 @@ def check_leg(policy: Policy, incoming_msat: int, incoming_cltv_expiry: int, hei
                   < layer_outgoing_cltv_delta + _margin(policy, 1))
     if not (fee_short or cltv_short):
         return None
-    return "fee_or_expiry", {
-        "fee_base_msat": policy.fee_base_msat,
-        "fee_proportional_millionths": policy.fee_ppm,
-        "cltv_expiry_delta": _margin(policy, hold_limit(policy, max_hold_blocks)),
-    }
+    return "fee_or_expiry", refusal_terms(policy, max_hold_blocks)
+
+
+def refusal_terms(policy: Policy, max_hold_blocks: Optional[int], route_fee_msat: int = 0) -> dict:
+    """#836's terms for a refusal: our fee, plus ``route_fee_msat`` when our route to the next
+    node costs more than the payer left us, and the CLTV the hold asked for needs."""
+    return {"fee_base_msat": policy.fee_base_msat + route_fee_msat,
+            "fee_proportional_millionths": policy.fee_ppm,
+            "cltv_expiry_delta": _margin(policy, hold_limit(policy, max_hold_blocks))}
 
 
 def give_up_height(policy: Policy, incoming_cltv_expiry: int, height: int,

@@ -280,6 +280,7 @@ Action = Union[Persist, Forget, FindRoute, SendPay, CheckAttempt,
 TERMINAL = (HoldState.COMPLETE, HoldState.FAILED)
 GAVE_UP = "recipient stayed offline until the hold deadline"
 LOST = "lightningd kept the attempt pending with no HTLC behind it"
+ROUTE_TOO_DEAR = "route fees exceed what the incoming HTLC leaves after our fee"
 
 
 class Relay:
@@ -514,6 +515,16 @@ class Relay:
         if held is None or not self._may_start(held):
             return actions
         problem = self._route_problem(held, route)
+        if problem == ROUTE_TOO_DEAR:
+            # The next node is reachable, only dearer than the payer planned: holding on
+            # cannot help, the payer can (it retries with these terms, within its cap).
+            route_fee = route[0]["amount_msat"] - held.record.amount_msat
+            terms = chain.refusal_terms(self.policy, held.record.max_hold_blocks, route_fee)
+            return actions + self._fail(held, f"{problem}: the route costs {route_fee}msat",
+                                        failures.trampoline_fee_or_expiry_insufficient(
+                                            terms["fee_base_msat"],
+                                            terms["fee_proportional_millionths"],
+                                            terms["cltv_expiry_delta"]))
         if problem is not None:
             return actions + self._attempt_failed(held, problem)
         route = self._with_spare_blocks(held, route)
@@ -561,6 +572,10 @@ class Relay:
                          next_poll_height=self.height + 1, partid=max(partid, used_partid))
         if self.height >= held.give_up_height:
             return self._fail(held, GAVE_UP)
+        if used_partid >= partid:
+            # Only the number was taken (a payer's retry of a hash we tried before):
+            # the next attempt numbers past it, now rather than a block later.
+            return [Persist(held)] + self._try(held)
         return [Persist(held)]
 
     def adopt_attempt(self, payment_hash: str, partid: int, pending_partid: int) -> List[Action]:
@@ -932,7 +947,7 @@ class Relay:
         if first["delay"] > self._max_route_delay(held):
             return f"route needs {first['delay']} blocks of CLTV, only {self._max_route_delay(held)} left"
         if held.incoming.amount_msat - first["amount_msat"] < self.policy.fee(record.amount_msat):
-            return "route fees exceed what the incoming HTLC leaves after our fee"
+            return ROUTE_TOO_DEAR
         return None
 
     def _with_spare_blocks(self, held: HeldPayment, route: List[dict]) -> List[dict]:

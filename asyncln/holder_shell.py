@@ -31,6 +31,7 @@ from .lightningd import (
     outgoing_htlc_hashes,
     rpc_message,
     sendpay_route,
+    too_expensive,
 )
 from .port import CONTINUE, FAIL_TEMPORARY, ROUTE_LAYERS, waiting
 from .record import RECORD_TYPE, find_record
@@ -38,7 +39,6 @@ from .states import HoldState
 from .wire import DecodeError
 
 # A route hint names no capacity: assume the largest channel before wumbo (0.16 BTC).
-HINT_CAPACITY_MSAT = 16_777_215_000
 PEER_READY_SECONDS = 60    # longest wait for a reconnected peer's channel
 # Due payments woken per hold of the lock (bench/bench_core.py: about 10 ms at 100,000 held).
 DUE_SLICE = 200
@@ -227,14 +227,17 @@ class HolderShell:
     # --- the holding node's actions --------------------------------------------
 
     def find_route(self, action: hold.FindRoute) -> List[hold.Action]:
-        layer = self.hint_layer(action) if action.hints else None
+        layer = (self.route_layer(f"asyncln-hints-{action.payment_hash}", action.destination,
+                                  action.hints) if action.hints else None)
         try:
-            answer = self.rpc.call("getroutes", {
-                "source": self.node_id, "destination": action.destination,
-                "amount_msat": action.amount_msat,
-                "layers": ROUTE_LAYERS + ([layer] if layer else []),
-                "maxfee_msat": action.maxfee_msat, "final_cltv": action.final_cltv,
-                "maxdelay": action.maxdelay, "maxparts": 1})
+            try:
+                answer = self.getroutes(action, layer, action.maxfee_msat)
+            except RpcError as e:
+                if not too_expensive(e):
+                    raise
+                # A route, only dearer than the payer left us: price it, so that our
+                # refusal quotes what it costs (Relay.route_found), and the payer retries.
+                answer = self.getroutes(action, layer, action.amount_msat)
             route = sendpay_route(first_route(answer))
         except RpcError as e:
             unknown = (action.destination if not action.hints and self.unknown_node(action.destination)
@@ -250,45 +253,18 @@ class HolderShell:
         with self.lock:
             return self.relay.route_found(action.payment_hash, route)
 
+    def getroutes(self, action: hold.FindRoute, layer: Optional[str], maxfee_msat: int) -> dict:
+        return self.rpc.call("getroutes", {
+            "source": self.node_id, "destination": action.destination,
+            "amount_msat": action.amount_msat, "layers": ROUTE_LAYERS + ([layer] if layer else []),
+            "maxfee_msat": maxfee_msat, "final_cltv": action.final_cltv,
+            "maxdelay": action.maxdelay, "maxparts": 1})
+
     def unknown_node(self, node_id: str) -> bool:
         """Neither gossip nor our peers know it: a route to it cannot appear by waiting."""
         if self.rpc.call("listnodes", {"id": node_id}).get("nodes"):
             return False
         return not self.rpc.call("listpeers", {"id": node_id}).get("peers")
-
-    def hint_layer(self, action: hold.FindRoute) -> Optional[str]:
-        """An askrene layer holding the invoice's hinted channels, which gossip never shows.
-
-        Our own channels are left out: ``auto.localchans`` knows them better.
-        """
-        layer = f"asyncln-hints-{action.payment_hash}"
-        self._try_rpc("askrene-remove-layer", {"layer": layer})  # a crash may have left it
-        if not self._try_rpc("askrene-create-layer", {"layer": layer, "persistent": False}):
-            return None
-        for route in action.hints:
-            targets = [hop.node_id for hop in route[1:]] + [action.destination]
-            for hop, target in zip(route, targets):
-                if hop.node_id == self.node_id:
-                    continue
-                direction = int(bytes.fromhex(hop.node_id) > bytes.fromhex(target))
-                self._try_rpc("askrene-create-channel", {
-                    "layer": layer, "source": hop.node_id, "destination": target,
-                    "short_channel_id": hop.short_channel_id, "capacity_msat": HINT_CAPACITY_MSAT})
-                self._try_rpc("askrene-update-channel", {
-                    "layer": layer, "short_channel_id_dir": f"{hop.short_channel_id}/{direction}",
-                    "enabled": True, "htlc_minimum_msat": 0, "htlc_maximum_msat": HINT_CAPACITY_MSAT,
-                    "fee_base_msat": hop.fee_base_msat, "fee_proportional_millionths": hop.fee_ppm,
-                    "cltv_expiry_delta": hop.cltv_delta})
-        return layer
-
-    def _try_rpc(self, method: str, params: dict) -> bool:
-        """A call whose failure only costs a route: log it and go on."""
-        try:
-            self.rpc.call(method, params)
-            return True
-        except RpcError as e:
-            self.log(f"{method} failed: {rpc_message(e)}", level="debug")
-            return False
 
     def send_attempt(self, action: hold.SendPay) -> List[hold.Action]:
         """Re-check lightningd's own height just before sending, then send with our partid."""
@@ -678,9 +654,13 @@ class HolderShell:
             pay = self.pays.get(payment_hash)
             updated = pay and payer.on_failure(pay, partid, groupid, data.get("failcode"),
                                                data.get("erring_index"), message)
+            terms = updated and payer.retry_terms(updated, data.get("erring_index"),
+                                                  data.get("raw_message"))
         self.submit_actions(actions)
         if updated:
             self.save_pay(updated, durable=False)
+        if terms:
+            self.submit(lambda: self.retry_with_terms(updated, terms))
 
     def payer_cancelled(self, peer: str, payment_hash: str) -> None:
         """Worker: the payer asks us, its holding node, to fail its HTLC back."""

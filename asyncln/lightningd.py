@@ -142,6 +142,17 @@ def msat(value) -> int:
     return int(str(value).removesuffix("msat"))
 
 
+# lightningd's PAY_ROUTE_TOO_EXPENSIVE: askrene says it for too much fee and too much delay.
+ROUTE_TOO_EXPENSIVE = 206
+
+
+def too_expensive(error) -> bool:
+    """getroutes found routes, but none within maxfee_msat (not: none within maxdelay)."""
+    payload = getattr(error, "error", None)
+    return (isinstance(payload, dict) and payload.get("code") == ROUTE_TOO_EXPENSIVE
+            and "cost" in str(payload.get("message", "")))
+
+
 def rpc_message(error) -> str:
     """The human part of an RpcError (pyln), whatever shape its payload has."""
     payload = getattr(error, "error", None)

@@ -36,6 +36,20 @@ DEFAULT_FINAL_CLTV = 18
 # Seconds per block, to turn an invoice's expiry into a number of blocks.
 BLOCK_SECONDS = 600
 
+# What the payer gives the holding node for its own route to the recipient, on top of the
+# holder's announced fee (README, "Fees"): the fee of the route the payer estimates from its own
+# gossip, plus this margin for what its gossip may not show (a fee update, another path):
+# ROUTE_MARGIN_MSAT plus ROUTE_MARGIN_PERCENT of the estimate.
+ROUTE_MARGIN_MSAT = 100
+ROUTE_MARGIN_PERCENT = 10
+# With no estimate (the payer's gossip has no route to the recipient, even through its
+# invoice's route hints): a budget for a couple of hops at common fees.
+UNKNOWN_ROUTE_BASE_MSAT = 1000
+UNKNOWN_ROUTE_PPM = 2000
+# A holder's #836 refusal with new terms is retried automatically at most this often per payment,
+# and only when its terms differ from the last ones tried: never a loop.
+MAX_TERMS_RETRIES = 2
+
 LOST_REASON = "lightningd kept a pending attempt with no HTLC behind it (crash); safe to retry"
 
 
@@ -66,6 +80,11 @@ class Pay:
     # over payee.statement(payment_hash, offer_expires_at, rod). destination is the payee key.
     payee_signature: Optional[str] = None
     offer_expires_at: Optional[int] = None
+    # The payer's cap (asyncln-pay's maxfee_msat), for an automatic retry with a holder's
+    # new terms; the terms of the last such retry, and how many there were.
+    maxfee_msat: Optional[int] = None
+    retried_terms: Optional[Tuple[int, int, int]] = None
+    terms_retries: int = 0
 
     def to_json(self) -> dict:
         return {**asdict(self), "status": self.status.value}
@@ -73,7 +92,9 @@ class Pay:
     @classmethod
     def from_json(cls, data: dict) -> "Pay":
         """Also reads records from before partids, whose status is a plain string."""
-        return cls(**{**data, "status": PayState(data["status"])})
+        terms = data.get("retried_terms")
+        return cls(**{**data, "status": PayState(data["status"]),
+                      "retried_terms": None if terms is None else tuple(terms)})
 
 
 @dataclass(frozen=True)
@@ -226,25 +247,91 @@ def hold_blocks(requested: Optional[int], info: Policy, invoice: Invoice, now: i
     return min(hold, left)
 
 
-def trampoline_amount(invoice: Invoice, maxfee_msat: int, fees_to_trampoline: int,
-                      info: Policy) -> int:
-    """What the holding node must receive: all fee left after reaching it.
+def routing_budget(estimate_msat: Optional[int], amount_msat: int) -> int:
+    """What the holding node may spend routing to the recipient: the estimate plus a margin.
 
-    The holding node keeps its own fee and spends the rest, if it must, on
-    routing to the recipient; the payer's total fee never exceeds maxfee_msat.
+    ``estimate_msat``: the fee of the holder's route as the payer's gossip shows it
+    (:func:`route_estimate`); None when there is none, then a default for a few hops.
+    """
+    if estimate_msat is None:
+        return UNKNOWN_ROUTE_BASE_MSAT + amount_msat * UNKNOWN_ROUTE_PPM // 1_000_000
+    return estimate_msat + ROUTE_MARGIN_MSAT + estimate_msat * ROUTE_MARGIN_PERCENT // 100
+
+
+def route_estimate(answer: dict, amount_msat: int) -> Optional[int]:
+    """The fee of ``getroutes``' first route (source's own channels free), None if unusable."""
+    try:
+        fee = msat(answer["routes"][0]["path"][0]["amount_out_msat"]) - amount_msat
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return fee if fee >= 0 else None
+
+
+def trampoline_amount(invoice: Invoice, maxfee_msat: int, fees_to_trampoline: int,
+                      info: Policy, routing_budget_msat: int) -> int:
+    """What the holding node must receive: the invoice's amount, its fee, its routing budget.
+
+    The routing budget is what the holder may spend reaching the recipient
+    (:func:`routing_budget`); the payer's total fee never exceeds
+    maxfee_msat, which is a cap, not a target: the budget is cut to fit it.
+    The holder always gets at least its announced fee, which it checks.
     """
     _within_cap(info, invoice.amount_msat, maxfee_msat)
-    amount = invoice.amount_msat + maxfee_msat - fees_to_trampoline
-    if amount < invoice.amount_msat + info.fee(invoice.amount_msat):
+    fee = info.fee(invoice.amount_msat)
+    room = maxfee_msat - fees_to_trampoline - fee
+    if room < 0:
         raise AsynclnError(f"maxfee_msat {maxfee_msat} does not cover the trampoline's fee "
-                           f"{info.fee(invoice.amount_msat)} plus {fees_to_trampoline} to reach it",
-                           Code.MAXFEE_TOO_LOW)
-    return amount
+                           f"{fee} plus {fees_to_trampoline} to reach it", Code.MAXFEE_TOO_LOW)
+    return invoice.amount_msat + fee + max(0, min(routing_budget_msat, room))
 
 
-def final_cltv_to_trampoline(invoice: Invoice, hold: int, info: Policy) -> int:
-    """Blocks of CLTV the HTLC must still have when it reaches the holding node."""
-    return hold + info.safety_blocks + invoice.min_final_cltv_expiry + DOWNSTREAM_CLTV_BUDGET
+def holder_terms(raw_message: Optional[str]) -> Optional[Tuple[int, int, int]]:
+    """#836's trampoline_fee_or_expiry_insufficient: (fee_base_msat, fee_ppm, cltv_expiry_delta).
+
+    None for any other message, or one too short to carry the terms.
+    """
+    try:
+        data = bytes.fromhex(raw_message or "")
+    except ValueError:
+        return None
+    if len(data) < 12 or int.from_bytes(data[:2], "big") != \
+            failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT:
+        return None
+    return (int.from_bytes(data[2:6], "big"), int.from_bytes(data[6:10], "big"),
+            int.from_bytes(data[10:12], "big"))
+
+
+def retry_terms(pay: Pay, erring_index: Optional[int],
+                raw_message: Optional[str]) -> Optional[Tuple[int, int, int]]:
+    """The terms to retry a failed payment with, when its holding node refused it with new ones.
+
+    Only the holder's own refusal (erring_index is the holder), only terms
+    not tried already, at most MAX_TERMS_RETRIES times, and only for a
+    payment the payer can pay again by itself (a BOLT11 invoice and its cap).
+    Whether the terms fit the cap and the invoice is still valid, paying decides.
+    """
+    terms = holder_terms(raw_message)
+    if (terms is None or pay.status != PayState.FAILED or erring_index != pay.trampoline_index
+            or not pay.bolt11 or pay.maxfee_msat is None or terms == pay.retried_terms
+            or pay.terms_retries >= MAX_TERMS_RETRIES):
+        return None
+    return terms
+
+
+def with_terms(info: Policy, terms: Tuple[int, int, int]) -> Policy:
+    """The holder's announced terms with the fee its refusal asked for."""
+    return replace(info, fee_base_msat=terms[0], fee_ppm=terms[1])
+
+
+def final_cltv_to_trampoline(invoice: Invoice, hold: int, info: Policy,
+                             terms: Optional[Tuple[int, int, int]] = None) -> int:
+    """Blocks of CLTV the HTLC must still have when it reaches the holding node.
+
+    ``terms``: a refusal's, whose ``cltv_expiry_delta`` is what the holder
+    needs above the recipient's final CLTV.
+    """
+    cltv = hold + info.safety_blocks + invoice.min_final_cltv_expiry + DOWNSTREAM_CLTV_BUDGET
+    return cltv if terms is None else max(cltv, terms[2] + invoice.min_final_cltv_expiry)
 
 
 def final_layer(invoice: Invoice, hold: int, report_to: Optional[str] = None) -> Layer:

@@ -7,7 +7,7 @@ payments from lightningd's own records, and asks the holding node to cancel.
 
 import time
 from dataclasses import replace
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from pyln.client import RpcError
 
@@ -61,8 +61,12 @@ class PayerShell:
                 self.save_pay(updated)
 
     def pay(self, invstring: str, trampoline: Optional[str], maxfee_msat, max_hold_blocks,
-            amount_msat=None, note: Optional[str] = None, clear=False) -> dict:
-        """Pay a BOLT11 invoice, or a payment code: fetch an invoice from its Rod, then pay it."""
+            amount_msat=None, note: Optional[str] = None, clear=False,
+            holder_terms: Optional[Tuple[int, int, int]] = None) -> dict:
+        """Pay a BOLT11 invoice, or a payment code: fetch an invoice from its Rod, then pay it.
+
+        ``holder_terms``: the terms a holder's refusal asked for (retry_with_terms).
+        """
         amount = None if amount_msat is None else int_param(amount_msat, "amount_msat")
         fetched = None
         if invstring.lower().startswith(CODE_PREFIX):
@@ -96,7 +100,8 @@ class PayerShell:
             terms = dict(self.terms)
         try:
             result = self._pay(invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks,
-                               now, bool(clear), self.fetched.get(invoice.payment_hash), offer)
+                               now, bool(clear), self.fetched.get(invoice.payment_hash), offer,
+                               holder_terms)
             if fetched:
                 result.update(rod=fetched["rod"], note_sent=fetched["note_sent"])
             return result
@@ -105,7 +110,7 @@ class PayerShell:
                 self.paying.discard(invoice.payment_hash)
 
     def _pay(self, invoice, existing, terms, trampoline, maxfee_msat, max_hold_blocks, now,
-             clear=False, rod=None, offer=None) -> dict:
+             clear=False, rod=None, offer=None, holder_terms=None) -> dict:
         maxfee = payer.default_maxfee(invoice.amount_msat) if maxfee_msat is None else int_param(maxfee_msat, "maxfee_msat")
         try:
             trampoline, info = payer.choose_trampoline(
@@ -115,9 +120,11 @@ class PayerShell:
             if e.code == Code.TRAMPOLINE_TERMS_UNKNOWN and trampoline:
                 self.send(trampoline, messages.QueryInfo())
             raise
+        if holder_terms is not None:
+            info = payer.with_terms(info, holder_terms)
         hold_for = payer.hold_blocks(None if max_hold_blocks is None else int_param(max_hold_blocks, "max_hold_blocks"),
                                      info, invoice, now)
-        final_cltv = payer.final_cltv_to_trampoline(invoice, hold_for, info)
+        final_cltv = payer.final_cltv_to_trampoline(invoice, hold_for, info, holder_terms)
         path = self.route_to(trampoline, invoice.amount_msat + maxfee, maxfee, final_cltv)
         to_trampoline = path[0]["amount_out_msat"] - path[-1]["amount_out_msat"]
         # Reports only reach a connected peer: ask for them only when S is ours.
@@ -144,7 +151,11 @@ class PayerShell:
             packet, _ = onion.build([(info.onion_key, layers[0]), (rod_terms.onion_key, layers[1])],
                                     invoice.payment_hash)
         else:
-            amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info)
+            # A private offer names no recipient to estimate a route to, and its payment is
+            # not retried with new terms: its Rod gets what the cap leaves, as before.
+            budget = (maxfee if offer is not None else payer.routing_budget(
+                self.estimate_route(trampoline, invoice, maxfee), invoice.amount_msat))
+            amount = payer.trampoline_amount(invoice, maxfee, to_trampoline, info, budget)
             if amount != path[-1]["amount_out_msat"]:
                 path = self.route_to(trampoline, amount, maxfee, final_cltv)
             if tail is not None and trampoline != rod:
@@ -168,7 +179,10 @@ class PayerShell:
                       report=report_to is not None, version=version,
                       rod=rod if rod_terms is not None or tail is not None else None,
                       payee_signature=offer.signature if offer is not None else None,
-                      offer_expires_at=offer.expires_at if offer is not None else None)
+                      offer_expires_at=offer.expires_at if offer is not None else None,
+                      maxfee_msat=maxfee, retried_terms=holder_terms,
+                      terms_retries=(existing.terms_retries + 1 if existing and holder_terms
+                                     else 0))
         pay = payer.restart(existing, **fields) if existing else payer.Pay(**fields)
         self.save_pay(pay)
         try:
@@ -196,6 +210,53 @@ class PayerShell:
                 if peer in self.terms:
                     return
             time.sleep(0.1)
+
+    def estimate_route(self, trampoline: str, invoice, maxfee_msat: int) -> Optional[int]:
+        """The fee of the holder's route to the recipient as our own gossip shows it, or None.
+
+        The recipient is likely offline, and gossip then shows its channels
+        disabled: a layer enables them, and adds the invoice's route hints for
+        a recipient with private channels. The holder's own channels are free
+        (``auto.sourcefree``), as they are when it pays.
+        """
+        try:
+            ends = self.rpc.call("listchannels", {"destination": invoice.destination})["channels"]
+        except RpcError:
+            ends = []
+        enable = [f"{c['short_channel_id']}/{c['direction']}" for c in ends
+                  if "short_channel_id" in c and "direction" in c]
+        layer = self.route_layer(f"asyncln-estimate-{invoice.payment_hash}", invoice.destination,
+                                 invoice.route_hints, enable)
+        try:
+            answer = self.rpc.call("getroutes", {
+                "source": trampoline, "destination": invoice.destination,
+                "amount_msat": invoice.amount_msat,
+                "layers": ROUTE_LAYERS + ([layer] if layer else []),
+                "maxfee_msat": maxfee_msat, "final_cltv": invoice.min_final_cltv_expiry,
+                "maxparts": 1})
+        except RpcError as e:
+            self.log(f"no estimate of {trampoline}'s route to {invoice.destination}: "
+                     f"{rpc_message(e)}; a default routing budget", level="debug")
+            return None
+        finally:
+            if layer:
+                self._try_rpc("askrene-remove-layer", {"layer": layer})
+        return payer.route_estimate(answer, invoice.amount_msat)
+
+    def retry_with_terms(self, pay: payer.Pay, terms: Tuple[int, int, int]) -> None:
+        """Worker: pay again, by itself, after the holder refused with new terms (#836).
+
+        Within the payment's own cap; an expired invoice or a cap the terms
+        exceed leaves the payment failed, with the refusal's reason.
+        """
+        self.log(f"payment {pay.payment_hash}: {pay.trampoline} asks fee_base_msat={terms[0]} "
+                 f"fee_ppm={terms[1]} cltv_expiry_delta={terms[2]}; paying again with them")
+        try:
+            self.pay(pay.bolt11, pay.trampoline, pay.maxfee_msat, pay.max_hold_blocks,
+                     amount_msat=pay.amount_msat, clear=pay.version == 1, holder_terms=terms)
+        except AsynclnError as e:
+            self.log(f"payment {pay.payment_hash}: not paid again with the new terms: {e}",
+                     level="info")
 
     def route_to(self, trampoline, amount_msat, maxfee_msat, final_cltv) -> List[dict]:
         try:

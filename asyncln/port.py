@@ -9,7 +9,7 @@ through :meth:`Port.answer`, bound to the HTLC lightningd named.
 
 import os
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from pyln.client import RpcError
 from pyln.client.plugin import RequestState
@@ -24,6 +24,7 @@ TICK_SECONDS = 0.2         # how often the worker looks at waking peers
 CHAIN_SECONDS = 1.0        # how often it asks again whether lightningd reached bitcoind's tip
 RECONCILE_SECONDS = 30     # re-issue what is owed even without a new block
 QUEUED_PER_PEER = 4        # a peer's requests of one kind waiting for the worker
+HINT_CAPACITY_MSAT = 16_777_215_000  # a hinted channel's capacity is unknown: assume the largest
 
 CONTINUE = {"result": "continue"}
 FAIL_TEMPORARY = {"result": "fail", "failure_message": failures.temporary_node_failure()}
@@ -169,6 +170,58 @@ class Port:
             return True
         except RpcError as e:
             self.log(f"could not message {peer}: {rpc_message(e)}", level="debug")
+            return False
+
+    def route_layer(self, layer: str, destination: str, hints: Sequence[Sequence] = (),
+                    enable: Sequence[str] = ()) -> Optional[str]:
+        """An askrene layer for one search: the invoice's hinted channels, which gossip does
+        not show, and the channels ``enable`` names (short_channel_id_dir), which gossip shows
+        disabled while their node is offline. None if askrene refused the layer.
+
+        Our own channels are left out: ``auto.localchans`` knows them better. A
+        hinted channel that gossip shows is only enabled: its fees in gossip are
+        the current ones, the invoice's may be stale (a route at stale fees fails).
+        The caller removes the layer when the search is done.
+        """
+        self._try_rpc("askrene-remove-layer", {"layer": layer})  # a crash may have left it
+        if not self._try_rpc("askrene-create-layer", {"layer": layer, "persistent": False}):
+            return None
+        enable = list(enable)
+        for route in hints:
+            targets = [hop.node_id for hop in route[1:]] + [destination]
+            for hop, target in zip(route, targets):
+                if hop.node_id == self.node_id:
+                    continue
+                direction = int(bytes.fromhex(hop.node_id) > bytes.fromhex(target))
+                if self._in_gossip(hop.short_channel_id):
+                    enable.append(f"{hop.short_channel_id}/{direction}")
+                    continue
+                self._try_rpc("askrene-create-channel", {
+                    "layer": layer, "source": hop.node_id, "destination": target,
+                    "short_channel_id": hop.short_channel_id, "capacity_msat": HINT_CAPACITY_MSAT})
+                self._try_rpc("askrene-update-channel", {
+                    "layer": layer, "short_channel_id_dir": f"{hop.short_channel_id}/{direction}",
+                    "enabled": True, "htlc_minimum_msat": 0, "htlc_maximum_msat": HINT_CAPACITY_MSAT,
+                    "fee_base_msat": hop.fee_base_msat, "fee_proportional_millionths": hop.fee_ppm,
+                    "cltv_expiry_delta": hop.cltv_delta})
+        for scidd in enable:
+            self._try_rpc("askrene-update-channel", {"layer": layer, "short_channel_id_dir": scidd,
+                                                     "enabled": True})
+        return layer
+
+    def _in_gossip(self, scid: str) -> bool:
+        try:
+            return bool(self.rpc.call("listchannels", {"short_channel_id": scid}).get("channels"))
+        except RpcError:
+            return False
+
+    def _try_rpc(self, method: str, params: dict) -> bool:
+        """A call whose failure only costs a route: log it and go on."""
+        try:
+            self.rpc.call(method, params)
+            return True
+        except RpcError as e:
+            self.log(f"{method} failed: {rpc_message(e)}", level="debug")
             return False
 
     # --- peers -----------------------------------------------------------------

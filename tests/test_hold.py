@@ -226,8 +226,6 @@ def test_without_please_poll_one_attempt_only():
     (lambda r: [dict(r[0], delay=17)], "final CLTV"),
     (lambda r: [dict(r[0], amount_msat=99_999)], "requested amount"),
     (lambda r: [dict(r[0], id=NOWHERE)], "recipient"),
-    (lambda r: [{"id": NOWHERE, "channel": "1x1x1", "amount_msat": 108_901, "delay": 60}] + r,
-     "route fees"),
     (lambda r: [], "empty route"),
 ])
 def test_unsafe_routes_are_not_used(route_change, problem):
@@ -237,6 +235,23 @@ def test_unsafe_routes_are_not_used(route_change, problem):
     assert "SendPay" not in kinds(actions)
     assert problem in relay.held[PAYMENT_HASH].last_error
     assert relay.held[PAYMENT_HASH].state == HoldState.HELD
+
+
+def test_a_route_dearer_than_the_payer_left_fails_back_at_once_with_its_price():
+    """Issue 12.5: the payer sends S its fee and an estimate of S's route, not its whole cap.
+    A route that costs more is refused (never forwarded short) and quoted, #836's NODE|26,
+    for the payer to retry with: holding on could not make it cheaper."""
+    relay = hold.Relay(POLICY, 1000)
+    arrive(relay)  # 110,000 in, 100,000 out, our fee 1,100: 8,900 left for routing
+    route = [{"id": NOWHERE, "channel": "1x1x1", "amount_msat": 108_901, "delay": 60}]
+    actions = relay.route_found(PAYMENT_HASH, route + direct_route(record()))
+    assert "SendPay" not in kinds(actions)
+    [fail] = of(hold.FailIncoming, actions)
+    margin = 100 - 1 + 2 + 144 + 10  # chain._margin for POLICY's whole hold
+    assert fail.failure_message == failures.trampoline_fee_or_expiry_insufficient(
+        1000 + 8901, 1000, margin)
+    assert "the route costs 8901msat" in fail.reason
+    assert relay.held[PAYMENT_HASH].state == HoldState.FAILED
 
 
 def test_route_with_exact_margins_is_used():
@@ -1348,3 +1363,18 @@ def test_an_unknown_verdict_for_another_node_or_a_recipient_ends_nothing():
     relay.block(1000 + POLICY.poll_blocks)
     assert not [a for a in relay.route_failed(PAYMENT_HASH, "Unknown destination", RECIPIENT)
                 if isinstance(a, hold.FailIncoming)]
+
+
+def test_a_partid_taken_in_lightningd_is_skipped_at_once():
+    """A payer retrying a hash S tried before (NODE|26's terms) must not wait a block."""
+    relay = hold.Relay(POLICY, 1000)
+    arrive(relay)
+    send = relay.route_found(PAYMENT_HASH, direct_route(record()))[-1]
+    actions = relay.send_refused(PAYMENT_HASH, send.partid, "part 1 is taken", used_partid=1)
+    assert kinds(actions) == ["Persist", "FindRoute"]
+    again = relay.route_found(PAYMENT_HASH, direct_route(record()))[-1]
+    assert again.partid == 2
+    assert kinds(relay.send_refused(PAYMENT_HASH, 2, "part 2 is taken", used_partid=3)) == \
+        ["Persist", "FindRoute"]
+    assert relay.route_found(PAYMENT_HASH, direct_route(record()))[-1].partid == 4
+    assert kinds(relay.send_refused(PAYMENT_HASH, 4, "too high")) == ["Persist"]  # waits a block

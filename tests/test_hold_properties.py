@@ -17,7 +17,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from asyncln import failures, hold
+from asyncln import chain, failures, hold
 from asyncln.errors import AsynclnError
 from asyncln.lightningd import Failed, InFlight, Lost, Succeeded
 from asyncln.policy import Policy
@@ -35,6 +35,8 @@ TERMINAL = (HoldState.COMPLETE, HoldState.FAILED)
 
 
 class RelayMachine(RuleBasedStateMachine):
+    dear = None  # the hash whose found route is being judged (route_found)
+
     @initialize(poll=st.integers(1, 10), max_hold=st.integers(1, 200), safety=st.integers(1, 60),
                 base=st.integers(0, 2000), ppm=st.integers(0, 5000), max_held=st.integers(1, 4),
                 min_held=st.sampled_from([0, 10_000, 50_000]), per_peer=st.integers(1, 4),
@@ -85,7 +87,18 @@ class RelayMachine(RuleBasedStateMachine):
                     (old is not None and old.state == HoldState.FAILED)
                 assert now is not None and now.state == HoldState.FAILED
                 assert (payment_hash, now.incoming.shared_secret) not in self.paid
-                assert action.failure_message == failures.temporary_trampoline_failure()
+                if action.failure_message != failures.temporary_trampoline_failure() and \
+                        self.dear != payment_hash:  # an answer owed since, given again
+                    assert old.state == HoldState.FAILED
+                    assert action.failure_message == old.failure_message
+                elif action.failure_message != failures.temporary_trampoline_failure():
+                    # A found route costs more than the HTLC leaves after our fee: quoted, not used.
+                    route_fee = self.offered[0]["amount_msat"] - now.record.amount_msat
+                    terms = chain.refusal_terms(self.policy, now.record.max_hold_blocks, route_fee)
+                    assert old.incoming.amount_msat - self.offered[0]["amount_msat"] \
+                        < self.policy.fee(now.record.amount_msat)
+                    assert action.failure_message == failures.trampoline_fee_or_expiry_insufficient(
+                        *terms.values())
             elif isinstance(action, hold.ResolveIncoming):
                 assert hashlib.sha256(bytes.fromhex(action.preimage)).hexdigest() == payment_hash
                 assert HoldState.COMPLETE in (persisted.get(payment_hash), old and old.state)
@@ -297,7 +310,11 @@ class RelayMachine(RuleBasedStateMachine):
                       "amount_msat": held.record.amount_msat + fee,
                       "delay": route[0]["delay"] + 6}] + route
         self.offered = route
-        self.step(lambda: self.relay.route_found(HASHES[i], route))
+        self.dear = HASHES[i]
+        try:
+            self.step(lambda: self.relay.route_found(HASHES[i], route))
+        finally:
+            self.dear = None
 
     def searched_hash(self):
         searching = sorted(HASHES.index(h) for h in self.relay.searching if h in HASHES)
@@ -474,8 +491,9 @@ class RelayMachine(RuleBasedStateMachine):
         for held in self.relay.held.values():
             if held.state == HoldState.COMPLETE:
                 assert hashlib.sha256(bytes.fromhex(held.preimage)).hexdigest() == held.payment_hash
-            if held.state == HoldState.FAILED:
-                assert held.failure_message == failures.temporary_trampoline_failure()
+            if held.state == HoldState.FAILED:  # gave up, or quoted a route too dear (#836)
+                assert held.failure_message == failures.temporary_trampoline_failure() or \
+                    int(held.failure_message[:4], 16) == failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT
 
 
 RelayMachine.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)

@@ -107,12 +107,12 @@ def test_hold_never_outlasts_the_invoice():
 
 
 def test_trampoline_amount_keeps_total_fee_under_maxfee():
-    assert payer.trampoline_amount(INVOICE, 3000, 200, INFO) == 102_800
-    message = refused(Code.MAXFEE_TOO_LOW, payer.trampoline_amount, INVOICE, 1099, 0, INFO)
+    assert payer.trampoline_amount(INVOICE, 3000, 200, INFO, 10_000) == 102_800
+    message = refused(Code.MAXFEE_TOO_LOW, payer.trampoline_amount, INVOICE, 1099, 0, INFO, 0)
     assert "announced fee 1100msat exceeds the payer's cap" in message
     # Its fee fits, but not with what reaching it costs.
     assert "to reach it" in refused(Code.MAXFEE_TOO_LOW, payer.trampoline_amount,
-                                    INVOICE, 1500, 401, INFO)
+                                    INVOICE, 1500, 401, INFO, 0)
 
 
 # --- choosing the trampoline -------------------------------------------------------

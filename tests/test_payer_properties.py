@@ -178,15 +178,16 @@ policies = st.builds(Policy, fee_base_msat=st.integers(0, 5000), fee_ppm=st.inte
        maxfee=st.one_of(st.none(), st.integers(0, 10**7)),
        first_fees=st.lists(st.integers(0, 5000), min_size=0, max_size=3),
        second_fees=st.lists(st.integers(0, 5000), min_size=0, max_size=3),
-       same_route=st.booleans(), height=st.integers(0, 10**6))
+       same_route=st.booleans(), height=st.integers(0, 10**6), budget=st.integers(0, 10**7))
 @settings(max_examples=300, deadline=None)
 def test_the_payer_never_sends_more_than_amount_plus_maxfee(amount, info, maxfee, first_fees,
-                                                            second_fees, same_route, height):
+                                                            second_fees, same_route, height,
+                                                            budget):
     """As the shell does: price a first route, fix the amount, re-route, plan."""
     maxfee = payer.default_maxfee(amount) if maxfee is None else maxfee
     invoice = payer.Invoice("lnbcrt1", PAYMENT_HASH, "22" * 32, RECIPIENT, amount, 18)
     try:
-        to_trampoline = payer.trampoline_amount(invoice, maxfee, sum(first_fees), info)
+        to_trampoline = payer.trampoline_amount(invoice, maxfee, sum(first_fees), info, budget)
     except AsynclnError as e:
         assert e.code == Code.MAXFEE_TOO_LOW
         assert info.fee(amount) + sum(first_fees) > maxfee

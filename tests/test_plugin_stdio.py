@@ -834,3 +834,145 @@ def test_getinfo_counts_a_hold_then_a_delivery(node):
                                   "next_holder_failed": 0, "other": 0},
         "held_now_msat": 0, "fees_earned_msat": 10_000,
         "rod_invoices_served": 0, "rod_notes_kept": 0}
+
+
+def fee_scripted(rpc, estimate_fee=300):
+    """scripted_b, with the holder (PAYER) 300msat of routing away from RECIPIENT in our gossip."""
+    scripted_b(rpc, amount_msat=50_000)
+    direct = rpc.handlers["getroutes"]
+
+    def getroutes(params):
+        if params["source"] != PAYER:
+            return direct(params)
+        return {"routes": [{"path": [
+            {"node_id_out": OTHER, "short_channel_id_dir": "104x1x0/0",
+             "amount_out_msat": params["amount_msat"] + estimate_fee, "cltv_out": 58},
+            {"node_id_out": params["destination"], "short_channel_id_dir": "105x1x0/1",
+             "amount_out_msat": params["amount_msat"], "cltv_out": 18}]}]}
+    rpc.handlers.update({
+        "getroutes": getroutes,
+        "listchannels": lambda p: {"channels": [{"short_channel_id": "105x1x0", "direction": 1,
+                                                 "source": OTHER, "destination": RECIPIENT}]},
+        "askrene-create-layer": lambda p: {"layers": []},
+        "askrene-remove-layer": lambda p: {},
+        "askrene-update-channel": lambda p: {},
+    })
+
+
+def test_pay_sends_the_holders_fee_and_its_estimated_route_not_the_whole_cap(node):
+    plugin, rpc = started(node)
+    fee_scripted(rpc)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    result = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})["result"]
+    # 1,050 for the holder, 300 its route costs in our gossip, 100 + 30 of margin: not 5,000.
+    assert result["amount_sent_msat"] == 50_000 + 1050 + 300 + 100 + 30
+    [estimate] = [p for p in rpc.called("getroutes") if p["source"] == PAYER]
+    assert estimate["destination"] == RECIPIENT and estimate["amount_msat"] == 50_000
+    layer = f"asyncln-estimate-{'cd' * 32}"
+    assert layer in estimate["layers"] and "auto.sourcefree" in estimate["layers"]
+    # The recipient's channel, disabled in gossip while it is offline, counts as enabled.
+    assert {"layer": layer, "short_channel_id_dir": "105x1x0/1", "enabled": True} in \
+        rpc.called("askrene-update-channel")
+    assert {"layer": layer} in rpc.called("askrene-remove-layer")[1:]
+
+
+def terms_refusal(partid, terms):
+    return {"sendpay_failure": {"code": 204, "message": "failed: WIRE_UNKNOWN (reply from remote)",
+                                "data": {"payment_hash": "cd" * 32, "partid": partid, "groupid": partid,
+                                         "failcode": 0x201a, "erring_index": 1,
+                                         "raw_message": terms}}}
+
+
+def test_a_holders_refusal_with_new_terms_is_paid_again_once_within_the_cap(node):
+    from asyncln import failures
+    plugin, rpc = started(node)
+    fee_scripted(rpc, estimate_fee=0)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    first = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})["result"]
+    assert first["amount_sent_msat"] == 50_000 + 1050 + 100
+    rpc.handlers["listsendpays"] = lambda p: {"payments": [
+        {"partid": 1, "groupid": 1, "status": "failed"}] * len(rpc.called("sendonion"))}
+    terms = failures.trampoline_fee_or_expiry_insufficient(2000, 1000, 1400)
+    plugin.notify("sendpay_failure", terms_refusal(1, terms))
+    wait_for(lambda: len(rpc.called("sendonion")) == 2)
+    again = rpc.called("sendonion")[1]
+    assert again["first_hop"]["amount_msat"] == 50_000 + 2050 + 100
+    assert again["first_hop"]["delay"] == 1400 + 18  # the CLTV it asked for, not the 1,314 planned
+    wait_for(lambda: plugin.request("asyncln-listpays", {})["result"]["pays"][0]["status"]
+             == "pending")
+    # The same terms again: no loop, the payment stays failed with the holder's reason.
+    plugin.notify("sendpay_failure", terms_refusal(2, terms))
+    wait_for(lambda: plugin.request("asyncln-listpays", {})["result"]["pays"][0]["status"]
+             == "failed")
+    assert len(rpc.called("sendonion")) == 2
+    [pay] = plugin.request("asyncln-listpays", {})["result"]["pays"]
+    assert "more fee or CLTV" in pay["reason"] and pay["terms_retries"] == 1
+
+
+def test_a_holders_refusal_with_terms_above_the_cap_is_not_paid_again(node):
+    from asyncln import failures
+    plugin, rpc = started(node)
+    fee_scripted(rpc, estimate_fee=0)
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched", "maxfee_msat": 3000})
+    dear = failures.trampoline_fee_or_expiry_insufficient(3000, 1000, 1400)  # 3,050 > 3,000
+    plugin.notify("sendpay_failure", terms_refusal(1, dear))
+    wait_for(lambda: plugin.request("asyncln-listpays", {}) and any(  # reading pumps the logs
+        "not paid again with the new terms" in line and "maxfee_msat" in line
+        for line in plugin.logs))
+    assert len(rpc.called("sendonion")) == 1
+    [pay] = plugin.request("asyncln-listpays", {})["result"]["pays"]
+    assert pay["status"] == "failed" and "more fee or CLTV" in pay["reason"]
+
+
+def test_a_route_dearer_than_the_payer_left_is_priced_and_quoted_to_the_payer(node):
+    """S's budgeted search finds nothing within the fee: a second search prices the route,
+    and the HTLC fails back with #836's terms quoting it, for the payer to retry with."""
+    plugin, rpc = started(node)
+    from asyncln import failures
+
+    def getroutes(params):
+        if params["maxfee_msat"] < 2000:
+            raise RpcFailure(206, "Could not find route without excessive cost")
+        return {"routes": [{"path": [
+            {"node_id_out": OTHER, "short_channel_id_dir": "104x1x0/0", "node_id_in": node_id(1),
+             "amount_out_msat": params["amount_msat"] + 2000, "cltv_out": 58},
+            {"node_id_out": params["destination"], "short_channel_id_dir": "105x1x0/1",
+             "amount_out_msat": params["amount_msat"], "cltv_out": 18}]}]}
+    rpc.handlers["getroutes"] = getroutes
+    # 101,300 in: our fee 1,100 on 100,000, 200 left for a route that costs 2,000.
+    hook = plugin.send("htlc_accepted", htlc_params(PAYMENT_HASH, payload(record(), 101_300).hex(),
+                                                    101_300, 1500, peer_id=PAYER))
+    answer = plugin.response(hook)["result"]
+    assert [p["maxfee_msat"] for p in rpc.called("getroutes")] == [200, 100_000]
+    assert answer["result"] == "fail"
+    assert answer["failure_message"] == failures.trampoline_fee_or_expiry_insufficient(
+        1000 + 2000, 1000, 30 - 1 + 2 + 144 + 6)
+    assert not rpc.called("sendonion") and not rpc.called("sendpay")
+
+
+def test_a_private_recipients_hints_go_into_the_estimate_and_no_route_means_the_default(node):
+    """B's channel is not in our gossip: its invoice's hint joins the estimate's layer.
+    With no route all the same, S gets the documented default (1000msat + 0.2%), not the cap."""
+    plugin, rpc = started(node)
+    fee_scripted(rpc)
+    decoded = rpc.handlers["decode"]({"string": "lnbcrt1fetched"})
+    decoded["routes"] = [[{"pubkey": OTHER, "short_channel_id": "106x1x0", "fee_base_msat": 7,
+                           "fee_proportional_millionths": 8, "cltv_expiry_delta": 9}]]
+    rpc.handlers["decode"] = lambda p: decoded
+    rpc.handlers["listchannels"] = lambda p: {"channels": []}
+    rpc.handlers["askrene-create-channel"] = lambda p: {}
+    direct = rpc.handlers["getroutes"]
+
+    def getroutes(params):
+        if params["source"] == PAYER:
+            raise RpcFailure(205, "Unknown destination")
+        return direct(params)
+    rpc.handlers["getroutes"] = getroutes
+    plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
+    result = plugin.request("asyncln-pay", {"invstring": "lnbcrt1fetched"})["result"]
+    assert result["amount_sent_msat"] == 50_000 + 1050 + 1000 + 100
+    [hinted] = rpc.called("askrene-create-channel")
+    assert hinted["layer"] == f"asyncln-estimate-{'cd' * 32}"
+    assert (hinted["source"], hinted["destination"], hinted["short_channel_id"]) == \
+        (OTHER, RECIPIENT, "106x1x0")
