@@ -313,7 +313,8 @@ class Relay:
         # (give-up height, hash) of HELD payments: a slice fails these back before it
         # wakes anything else. Both heaps keep stale entries, skipped when popped.
         self._deadlines: List[Tuple[int, str]] = []
-        self._woken: Set[str] = set()       # woken at self.height: not again at this height
+        self._woken: Set[str] = set()       # woken at self._woken_at: not again at that height
+        self._woken_at = height
         for h in held:
             self._put(h)
 
@@ -424,9 +425,7 @@ class Relay:
         the shell releases its lock between slices, so a poll round that
         makes every held payment due never holds it for long.
         """
-        if height > self.height:
-            self.height = height
-            self._woken.clear()
+        self.height = max(self.height, height)
         return self.due_slice(limit)
 
     def has_due(self) -> bool:
@@ -438,6 +437,10 @@ class Relay:
         """Wake up to ``limit`` due payments (all if None): every fail-back due first,
         then the rest by wake height. Each due payment is woken once per height,
         whatever the slicing."""
+        if self._woken_at != self.height:
+            # Not in block(): a hook's tip_height (replay) may have raised the height first.
+            self._woken.clear()
+            self._woken_at = self.height
         actions: List[Action] = []
         woken: List[str] = []
         budget = limit if limit is not None else -1
