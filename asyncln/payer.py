@@ -328,10 +328,16 @@ def final_cltv_to_trampoline(invoice: Invoice, hold: int, info: Policy,
     """Blocks of CLTV the HTLC must still have when it reaches the holding node.
 
     ``terms``: a refusal's, whose ``cltv_expiry_delta`` is what the holder
-    needs above the recipient's final CLTV.
+    needs above the recipient's final CLTV; an automatic retry gives it at
+    most what a hold of ``hold`` blocks needs under the holder's announced
+    terms, so that a holder cannot stretch the payer's HTLC to askrene's
+    2016 blocks by asking.
     """
     cltv = hold + info.safety_blocks + invoice.min_final_cltv_expiry + DOWNSTREAM_CLTV_BUDGET
-    return cltv if terms is None else max(cltv, terms[2] + invoice.min_final_cltv_expiry)
+    if terms is None:
+        return cltv
+    needs = chain.refusal_terms(info, hold)["cltv_expiry_delta"]
+    return max(cltv, min(terms[2], needs) + invoice.min_final_cltv_expiry)
 
 
 def final_layer(invoice: Invoice, hold: int, report_to: Optional[str] = None) -> Layer:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncln import failures, payer
+from asyncln import chain, failures, payer
 from asyncln.errors import AsynclnError, Code
 from asyncln.policy import Policy
 from asyncln.states import PayState
@@ -107,8 +107,17 @@ def test_a_retry_pays_the_new_terms_within_the_cap_and_their_cltv():
     except AsynclnError as e:
         assert e.code == Code.MAXFEE_TOO_LOW
     plain = payer.final_cltv_to_trampoline(INVOICE, 30, INFO)
-    assert payer.final_cltv_to_trampoline(INVOICE, 30, INFO, (3000, 2000, 400)) == 400 + 18
+    honest = chain.refusal_terms(INFO, 30)["cltv_expiry_delta"]
+    assert payer.final_cltv_to_trampoline(INVOICE, 30, INFO, (3000, 2000, honest)) == honest + 18
     assert payer.final_cltv_to_trampoline(INVOICE, 30, INFO, (3000, 2000, 10)) == plain
+
+
+def test_a_retry_never_locks_the_payer_longer_than_the_hold_needs():
+    """A holder's refusal asking more CLTV than a hold of this length needs under its own
+    terms (a lying holder) must not stretch the payer's HTLC by itself: at most what an
+    honest holder asks for this hold."""
+    honest = chain.refusal_terms(INFO, 30)["cltv_expiry_delta"]
+    assert payer.final_cltv_to_trampoline(INVOICE, 30, INFO, (3000, 2000, 1900)) == honest + 18
 
 
 def test_pay_records_keep_their_retry_fields_across_a_restart():
