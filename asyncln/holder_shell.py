@@ -71,12 +71,14 @@ def settle_memory() -> None:
     a full collection walks every tracked object: at 100,000 held that was a
     pause of 0.3 to 0.7 s, in the middle of a poll round, for every thread
     (bench/bench_core.py). A round replaces every record it wakes, so the shell
-    calls this after recovery and after each slice of a round; a young
-    collection first frees the young cycles (say, an exception's frames)
-    instead of freezing them. The price: a cycle that dies after a freeze is
-    never collected (reference counting still frees everything else).
+    calls this after recovery and after each slice of a round; a full
+    collection first frees the dead cycles (say, an exception's frames)
+    instead of freezing them for good. It walks only what the last freeze
+    left out (frozen objects are not walked): recovery's records once, then
+    what a slice made. The price: a cycle that dies after a freeze is never
+    collected (reference counting still frees everything else).
     """
-    gc.collect(1)
+    gc.collect()
     gc.freeze()
 
 
