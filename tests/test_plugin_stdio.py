@@ -884,7 +884,7 @@ def terms_refusal(partid, terms):
 
 
 def test_a_holders_refusal_with_new_terms_is_paid_again_once_within_the_cap(node):
-    from asyncln import failures
+    from asyncln import chain, failures
     plugin, rpc = started(node)
     fee_scripted(rpc, estimate_fee=0)
     plugin.request("custommsg", {"peer_id": PAYER, "payload": messages.encode(Policy())})
@@ -892,12 +892,15 @@ def test_a_holders_refusal_with_new_terms_is_paid_again_once_within_the_cap(node
     assert first["amount_sent_msat"] == 50_000 + 1050 + 100
     rpc.handlers["listsendpays"] = lambda p: {"payments": [
         {"partid": 1, "groupid": 1, "status": "failed"}] * len(rpc.called("sendonion"))}
-    terms = failures.trampoline_fee_or_expiry_insufficient(2000, 1000, 1400)
+    # The CLTV an honest holder asks for this hold (1,297 + 18 above the 1,314 planned);
+    # a holder asking more gets no more (tests/test_fees.py).
+    delta = chain.refusal_terms(Policy(), first["max_hold_blocks"])["cltv_expiry_delta"]
+    terms = failures.trampoline_fee_or_expiry_insufficient(2000, 1000, delta)
     plugin.notify("sendpay_failure", terms_refusal(1, terms))
     wait_for(lambda: len(rpc.called("sendonion")) == 2)
     again = rpc.called("sendonion")[1]
     assert again["first_hop"]["amount_msat"] == 50_000 + 2050 + 100
-    assert again["first_hop"]["delay"] == 1400 + 18  # the CLTV it asked for, not the 1,314 planned
+    assert again["first_hop"]["delay"] == delta + 18 == 1315  # the CLTV it asked for
     wait_for(lambda: plugin.request("asyncln-listpays", {})["result"]["pays"][0]["status"]
              == "pending")
     # The same terms again: no loop, the payment stays failed with the holder's reason.
