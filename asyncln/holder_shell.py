@@ -276,15 +276,19 @@ class HolderShell:
         height, in_sync = self.chain_state()
         if not in_sync:
             with self.lock:  # unsynced now: the worker's tick asks again until it caught up
-                return (self.relay.send_refused(action.payment_hash, action.partid,
-                                                "lightningd is catching up with bitcoind's tip")
-                        + self.relay.chain(height, False))
+                actions = (self.relay.send_refused(action.payment_hash, action.partid,
+                                                   "lightningd is catching up with bitcoind's tip")
+                           + self.relay.chain(height, False, DUE_SLICE))
+            self.wake_due()  # the rest of the round in slices, as check_chain's
+            return actions
         if action.give_up_height is not None and height >= action.give_up_height:
             with self.lock:  # a block came since the relay planned this: it gives up now
-                return (self.relay.send_refused(action.payment_hash, action.partid,
-                                                f"at height {height} the give-up height "
-                                                f"{action.give_up_height} has come")
-                        + self.relay.chain(height, True))
+                actions = (self.relay.send_refused(action.payment_hash, action.partid,
+                                                   f"at height {height} the give-up height "
+                                                   f"{action.give_up_height} has come")
+                           + self.relay.chain(height, True, DUE_SLICE))
+            self.wake_due()
+            return actions
         if height + 1 > action.max_height:
             with self.lock:
                 return self.relay.send_refused(

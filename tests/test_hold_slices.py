@@ -9,7 +9,7 @@ forward, and a restart between slices loses nothing.
 import threading
 from collections import Counter
 
-from factories import Request, incoming, node_id, payload, record
+from factories import Request, direct_route, incoming, node_id, payload, record
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_node import RecordingRpc
@@ -196,3 +196,34 @@ def test_unsliced_block_is_whole():
     assert [p.state for p in relay.held.values()] == [HoldState.FAILED, HoldState.FAILED,
                                                       HoldState.HELD]
 
+
+
+def test_a_late_send_wakes_the_round_in_slices_too(monkeypatch):
+    """send_attempt finding the give-up height come (a block since the relay planned the
+    attempt) moves the relay to that height: in slices, as check_chain does, not the whole
+    round under one hold of the lock."""
+    monkeypatch.setattr(holder_shell, "DUE_SLICE", 7)
+    node = Node(RecordingRpc(), lambda *a, **k: None, POLICY)
+    count = 30
+    node.relay = settled([10] * count)
+    node.relay.block(1005)
+    late = next(iter(node.relay.probes.values()))  # its search ends first: it sends
+    rec = node.relay.held[late].record
+    [send] = [a for a in node.relay.route_found(late, direct_route(rec))
+              if isinstance(a, hold.SendPay)]
+    lock = node.lock = CountingLock()
+    wake = node.relay._wake
+
+    def counted(held):
+        lock.woken += 1
+        lock.most = max(lock.most, lock.woken)
+        return wake(held)
+    monkeypatch.setattr(node.relay, "_wake", counted)
+    node.rpc.answers["waitblockheight"] = {"blockheight": 1012}
+    node.rpc.answers["getchaininfo"] = {"headercount": 1012, "blockcount": 1012, "ibd": False}
+    node.run(node.send_attempt(send))
+    while node._jobs:
+        node._jobs.popleft()()
+    assert lock.most <= 7
+    assert not node.relay.has_due()
+    assert all(p.state == HoldState.FAILED for p in node.relay.held.values())
