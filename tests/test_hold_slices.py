@@ -156,6 +156,19 @@ class CountingLock:
         self.lock.release()
 
 
+def counting_wakes(node, monkeypatch):
+    """A lock that counts the payments woken during each hold of it."""
+    lock = node.lock = CountingLock()
+    wake = node.relay._wake
+
+    def counted(held):
+        lock.woken += 1
+        lock.most = max(lock.most, lock.woken)
+        return wake(held)
+    monkeypatch.setattr(node.relay, "_wake", counted)
+    return lock
+
+
 def test_shell_wakes_in_slices(monkeypatch):
     """holder_shell.check_chain wakes at most DUE_SLICE payments per hold of the lock, the
     rest in later worker jobs, and each due HTLC gets its one failure."""
@@ -167,14 +180,7 @@ def test_shell_wakes_in_slices(monkeypatch):
     for i in range(count):
         held = node.relay.held[payment_hash(i)]
         requests[held.incoming.key] = node.pending[held.incoming.key] = Request()
-    lock = node.lock = CountingLock()
-    wake = node.relay._wake
-
-    def counted(held):
-        lock.woken += 1
-        lock.most = max(lock.most, lock.woken)
-        return wake(held)
-    monkeypatch.setattr(node.relay, "_wake", counted)
+    lock = counting_wakes(node, monkeypatch)
     node.rpc.answers["waitblockheight"] = {"blockheight": 1010}
     node.rpc.answers["getchaininfo"] = {"headercount": 1010, "blockcount": 1010, "ibd": False}
     node.check_chain()
@@ -197,7 +203,6 @@ def test_unsliced_block_is_whole():
                                                       HoldState.HELD]
 
 
-
 def test_a_late_send_wakes_the_round_in_slices_too(monkeypatch):
     """send_attempt finding the give-up height come (a block since the relay planned the
     attempt) moves the relay to that height: in slices, as check_chain does, not the whole
@@ -211,14 +216,7 @@ def test_a_late_send_wakes_the_round_in_slices_too(monkeypatch):
     rec = node.relay.held[late].record
     [send] = [a for a in node.relay.route_found(late, direct_route(rec))
               if isinstance(a, hold.SendPay)]
-    lock = node.lock = CountingLock()
-    wake = node.relay._wake
-
-    def counted(held):
-        lock.woken += 1
-        lock.most = max(lock.most, lock.woken)
-        return wake(held)
-    monkeypatch.setattr(node.relay, "_wake", counted)
+    lock = counting_wakes(node, monkeypatch)
     node.rpc.answers["waitblockheight"] = {"blockheight": 1012}
     node.rpc.answers["getchaininfo"] = {"headercount": 1012, "blockcount": 1012, "ibd": False}
     node.run(node.send_attempt(send))
