@@ -41,7 +41,8 @@ from .chain import HEIGHT_SLACK
 from .errors import AsynclnError, Code
 from .lightningd import Failed, InFlight, Lost, Outcome, Succeeded
 from .policy import Policy
-from .record import RECORD_TYPE, FinalTlvs, HintHop, TrampolineRecord, find_record, restore
+from .record import (RECORD_TYPE, FinalTlvs, HintHop, TrampolineRecord, find_record, restore,
+                     without_defaults)
 from .states import HOLD_MOVES, HOLD_OPEN, HoldState, move
 from .wire import DecodeError
 
@@ -148,8 +149,11 @@ class HeldPayment:
         return self.record.report_to
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        """What the datastore keeps. Fields left at their default (None, empty) are left
+        out: from_json puts the defaults back, and a restart of 100,000 parses less."""
+        data = without_defaults(asdict(self))
         del data["attached"]
+        data["incoming"] = without_defaults(data["incoming"])
         data["state"] = self.state.value
         data["record"] = self.record.to_json()  # its final_tlvs' bytes as hex
         return data
@@ -163,7 +167,8 @@ class HeldPayment:
         data["incoming"] = restore(Incoming, data["incoming"])
         data["record"] = TrampolineRecord.from_json(data["record"])
         data["state"] = HoldState(data["state"])
-        data["lost_partids"] = tuple(data.get("lost_partids", ()))
+        if "lost_partids" in data:
+            data["lost_partids"] = tuple(data["lost_partids"])
         data["attached"] = False
         return restore(cls, data)
 

@@ -88,8 +88,6 @@ class Node(HolderShell, PayerShell, Port):
         self.onion_secret, self.announced = self._onion_key(policy)
         self.rods = RodShell(self, rod_limits, recipient)
         self.lsps = LspsShell(self, webhooks)
-        if len(held) > DUE_SLICE:  # many records: keep the collector's walks short
-            settle_memory()
         # tests/integration/test_scale.py reads this line: recovery at 100,000 held.
         self.log(f"recovered {len(held)} held records in {time.monotonic() - started:.2f} s")
 
@@ -110,6 +108,8 @@ class Node(HolderShell, PayerShell, Port):
     def start(self) -> None:
         """Start the worker, then settle what a crash may have left open."""
         threading.Thread(target=self._work, name="asyncln-worker", daemon=True).start()
+        if len(self.relay.held) > DUE_SLICE:  # many records: keep the collector's walks short,
+            self.submit(settle_memory)          # after init's answer, which lightningd waits for
         self.submit(self._startup)
 
     def _startup(self) -> None:

@@ -65,11 +65,15 @@ class Port:
     def _load(self, kind: str, parse) -> dict:
         """One unreadable record must not keep the others (and the plugin) from loading."""
         loaded = {}
-        for key, value in self.store.load(kind).items():
+        for key, value in self.store.records(kind):
             try:
                 loaded[key] = parse(value)
             except (KeyError, TypeError, ValueError) as e:
                 self.log(f"skipping unreadable {kind} record {key}: {e!r}", level="warn")
+        for (of, page), why in self.store.unreadable.items():
+            if of == kind:  # kept as it is: nothing is written over it
+                self.log(f"skipping unreadable page {page} of {kind} records: {why}; its records "
+                         "are not restored and new ones in it cannot be saved", level="broken")
         return loaded
 
     def refresh_channels(self) -> None:

@@ -51,6 +51,12 @@ MAX_HINT_ROUTES = 4
 MAX_HINT_HOPS = 3
 
 
+def without_defaults(data: dict) -> dict:
+    """``data`` without its None and empty fields: a stored record's optional fields,
+    which ``restore`` fills back in with their defaults (None, ())."""
+    return {name: value for name, value in data.items() if value is not None and value != ()}
+
+
 def restore(cls, data: dict):
     """``cls(**data)`` for a record read back from our own datastore, without the
     dataclass __init__: at 100,000 held records its keyword parsing was a large part of
@@ -223,8 +229,9 @@ class TrampolineRecord:
         )
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["final_tlvs"] = [[tlv_type, value.hex()] for tlv_type, value in self.final_tlvs]
+        data = without_defaults(asdict(self))
+        if self.final_tlvs:
+            data["final_tlvs"] = [[tlv_type, value.hex()] for tlv_type, value in self.final_tlvs]
         return data
 
     @classmethod
@@ -235,9 +242,12 @@ class TrampolineRecord:
             data["route_hints"] = tuple(tuple(HintHop(**hop) for hop in route)
                                         for route in data["route_hints"])
         else:
-            data["route_hints"] = ()
-        data["final_tlvs"] = tuple((int(tlv_type), bytes.fromhex(value))
-                                   for tlv_type, value in data.get("final_tlvs", ()))
+            data.pop("route_hints", None)  # absent or empty: restore's default, ()
+        if data.get("final_tlvs"):
+            data["final_tlvs"] = tuple((int(tlv_type), bytes.fromhex(value))
+                                       for tlv_type, value in data["final_tlvs"])
+        else:
+            data.pop("final_tlvs", None)
         return restore(cls, data)
 
 

@@ -13,16 +13,19 @@ Each figure is the median of a few rounds within one run:
   (holder_shell.check_chain, then one worker job per slice, over a stand-in
   for lightningd's RPC): the longest single hold of the shell's lock, which
   every HTLC on the hook path waits behind, and the whole round's time;
-* restart recovery: 100,000 datastore strings through json.loads,
-  HeldPayment.from_json and a new Relay, as Node.__init__ does (the real
-  node's figure, listdatastore included, is bench/bench_recovery.py's).
+* restart recovery: 100,000 records in the store's pages through
+  Store.records, HeldPayment.from_json and a new Relay, as Node.__init__
+  does (the real node's figure, listdatastore included, is
+  bench/bench_recovery.py's);
+* a save (Store.put, the RPC a stand-in): one record's page read, changed
+  and written at 100,000 held (about 25 records a page) against 100 held
+  (one a page): what paging costs each write.
 
 No asserts on time: the figures are printed beside their targets.
 """
 
 import gc
 import hashlib
-import json
 import os
 import statistics
 import sys
@@ -42,6 +45,7 @@ from asyncln.layer import Layer  # noqa: E402
 from asyncln.node import Node  # noqa: E402
 from asyncln.policy import Policy  # noqa: E402
 from asyncln.record import TrampolineRecord, find_record  # noqa: E402
+from asyncln.store import PAGED, Store, encode_page, page_of  # noqa: E402
 
 ROUNDS = 5
 HELD = 100_000
@@ -182,24 +186,58 @@ def poll_round(held):
     return max(lock.holds) * 1e3, elapsed
 
 
-def recovery_s(strings):
-    """Median over rounds of json.loads + HeldPayment.from_json + Relay() for every string."""
+class Datastore:
+    """The datastore calls Store makes, answered from memory."""
+
+    def __init__(self, entries=()):
+        self.entries = list(entries)
+
+    def call(self, method, params):
+        key = params["key"]
+        if method == "listdatastore":
+            return {"datastore": [e for e in self.entries if e["key"][:len(key)] == key]}
+        return {}
+
+
+def paged(records):
+    """The datastore entries Store.put leaves for ``records``: one per page."""
+    pages = {}
+    for held in records:
+        pages.setdefault(page_of(held.payment_hash), {})[held.payment_hash] = held.to_json()
+    return [{"key": ["asyncln", PAGED["held"], page], "string": encode_page(page_records)}
+            for page, page_records in pages.items()]
+
+
+def recovery_s(entries):
+    """Median over rounds of Store.records + HeldPayment.from_json + Relay() for every record."""
     samples = []
     for _ in range(RECOVERY_ROUNDS):
         gc.collect()
         start = time.perf_counter()
         with holder_shell.collector_paused():  # as Node.__init__ recovers
-            relay = Relay(POLICY, HEIGHT, (HeldPayment.from_json(json.loads(s)) for s in strings))
+            relay = Relay(POLICY, HEIGHT, (HeldPayment.from_json(value) for _, value
+                                           in Store(Datastore(entries)).records("held")))
         samples.append(time.perf_counter() - start)
-        assert len(relay.held) == len(strings)
+        assert len(relay.held) == HELD
     return statistics.median(samples)
+
+
+def save_us(records):
+    """Median µs of Store.put for a sample of ``records``, all of them already saved."""
+    store = Store(Datastore(paged(records)))
+    store.load("held")
+    sample = records[::max(1, len(records) // 500)]
+    start = time.perf_counter()
+    for held in sample:
+        store.put("held", held.payment_hash, held.to_json())
+    return (time.perf_counter() - start) / len(sample) * 1e6
 
 
 def main():
     big = list(settled_relay(HELD).held.values())
     few = big[:FEW]
-    # What Store.put wrote for each record: the strings lightningd's datastore hands back.
-    strings = [json.dumps(h.to_json(), sort_keys=True) for h in big]
+    # What Store.put wrote for the records: the pages lightningd's datastore hands back.
+    entries = paged(big)
 
     # Rounds alternate between the two sizes, so the machine's noise hits both alike.
     calls = [hook(i) for i in range(HELD, HELD + ADMIT_PER_ROUND)]
@@ -212,7 +250,9 @@ def main():
     at_many, at_few = statistics.median(many), statistics.median(fewer)
     block_ms = idle_block_ms(big)
     longest_ms, round_s = poll_round(big)
-    recovery = recovery_s(strings)
+    recovery = recovery_s(entries)
+    saves = [(save_us(big), save_us(few)) for _ in range(ROUNDS)]
+    save_many, save_few = (statistics.median(column) for column in zip(*saves))
 
     print()
     print(f"Holding core (asyncln.hold.Relay, no stdio), {HELD:,} held for {NODES} offline nodes, "
@@ -233,8 +273,15 @@ def main():
     show("  for scale: the whole round, route searches included", round_s, "s", digits=2)
     print()
     print(f"Restart recovery of {HELD:,} held records, median of {RECOVERY_ROUNDS} rounds, one run:")
-    show("json.loads + HeldPayment.from_json + Relay()", recovery, "s", "<", 5, digits=3)
+    show("Store.records + HeldPayment.from_json + Relay()", recovery, "s", "<", 5, digits=3)
     print("  (on a real node, listdatastore included: bench/bench_recovery.py)")
+    print()
+    print(f"A save (Store.put: its page read, changed and written; RPC excluded), "
+          f"median of {ROUNDS} rounds, one run:")
+    show(f"at {HELD:,} held ({HELD // len(entries)} records a page)", save_many, "us")
+    show(f"at {FEW} held (one a page)", save_few, "us")
+    print(f"  {'ratio':52} {save_many / save_few:9.1f}"
+          f"      (grows with records per page: PAGE_DIGITS)")
 
 
 def show(label, value, unit, relation=None, target=None, digits=1):

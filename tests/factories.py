@@ -8,6 +8,7 @@ from pyln.client.plugin import RequestState
 from asyncln import signature
 from asyncln.hold import Incoming
 from asyncln.record import FinalPayload, TrampolineRecord
+from asyncln.store import PAGED, decode_page, page_of
 
 
 def node_id(n: int) -> str:
@@ -77,3 +78,17 @@ class Request:
 def channel(channel_id=CHANNEL_ID, scid="103x1x0", alias="1x0x0"):
     """A listpeerchannels entry: the names lightningd gives one channel."""
     return {"channel_id": channel_id, "short_channel_id": scid, "alias": {"local": alias}}
+
+
+def stored_held(strings, payment_hash: str):
+    """The held record of ``payment_hash`` in a stand-in's datastore ({key tuple: string}),
+    where asyncln.store keeps it: in its page."""
+    page = strings.get(("asyncln", PAGED["held"], page_of(payment_hash)))
+    return None if page is None else decode_page(page).get(payment_hash)
+
+
+def written_held(calls, payment_hash: str):
+    """Each version of ``payment_hash``'s held record a RecordingRpc saw written, in order."""
+    pages = (decode_page(p["string"]) for m, p in calls
+             if m == "datastore" and p["key"][1] == PAGED["held"])
+    return [page[payment_hash] for page in pages if payment_hash in page]

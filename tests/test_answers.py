@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 from factories import (CHANNEL_ID, PAYER, PAYMENT_HASH, PREIMAGE, Request, channel, direct_route,
-                       payload, record)
+                       payload, record, written_held)
 from test_node import RecordingRpc
 
 from asyncln import hold, node as node_module, port
@@ -202,7 +202,7 @@ def test_records_stored_before_channel_ids_still_load_and_match_their_replay(ver
     replay = arrive(restarted, scid=REAL)
     assert replay.results == [] and restarted.relay.held[PAYMENT_HASH].attached
     restarted.reconcile()
-    written = [json.loads(p["string"]) for m, p in rpc.calls if m == "datastore"]
+    written = written_held(rpc.calls, PAYMENT_HASH)
     assert written and written[-1]["incoming"]["channel_id"] == CHANNEL_ID  # upgraded on disk
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 from factories import (PAYER, PAYMENT_HASH, PREIMAGE, channel, direct_route, incoming, payload,
-                       record)
+                       record, written_held)
 
 from asyncln import hold, messages
 from asyncln.node import Node
@@ -100,9 +100,9 @@ def test_an_older_snapshot_never_overwrites_a_newer_record():
     send = forwarding(shell)
     stale = hold.Persist(replace(shell.relay.held[PAYMENT_HASH], state=hold.HoldState.HELD))
     shell.execute(stale)  # queued before the attempt, run after it
-    written = [p for m, p in rpc.calls if m == "datastore"][-1]
-    assert json.loads(written["string"])["state"] == "forwarding"
-    assert json.loads(written["string"])["partid"] == send.partid
+    written = written_held(rpc.calls, PAYMENT_HASH)[-1]
+    assert written["state"] == "forwarding"
+    assert written["partid"] == send.partid
 
 
 def test_a_part_lightningd_already_completed_resolves_instead_of_sending():
@@ -202,7 +202,7 @@ def test_a_part_judged_lost_no_longer_blocks_delivery():
     assert "sendpay" not in [m for m, _ in rpc.calls]
     assert shell.relay.held[PAYMENT_HASH].state == hold.HoldState.FORWARDING
     assert shell.relay.held[PAYMENT_HASH].partid == 2
-    saved = json.loads([p for m, p in rpc.calls if m == "datastore" and "held" in p["key"]][-1]["string"])
+    saved = written_held(rpc.calls, PAYMENT_HASH)[-1]
     assert saved["lost_partids"] == [1]                   # a restart does not adopt it again
 
 

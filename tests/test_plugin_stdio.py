@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from factories import OTHER, PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, node_id, payload, record, signmessage
+from factories import OTHER, PAYER, PAYMENT_HASH, PREIMAGE, RECIPIENT, node_id, payload, record, signmessage, stored_held
 from plugin_harness import PluginProcess, RpcFailure, ScriptedRpc, htlc_params, wait_for
 
 from asyncln import code as codes
@@ -91,7 +91,7 @@ def test_hold_notify_and_give_up(node):
     assert [h["state"] for h in held] == ["held"]
     assert held[0]["incoming_msat"] == 110_000 and held[0]["give_up_height"] == 1030
     wait_for(lambda: rpc.called("sendcustommsg"))
-    stored = json.loads(rpc.datastore[("asyncln", "held", PAYMENT_HASH)])
+    stored = stored_held(rpc.datastore, PAYMENT_HASH)
     assert stored["state"] == "held"
     status = messages.decode(rpc.called("sendcustommsg")[-1]["msg"])
     assert rpc.called("sendcustommsg")[-1]["node_id"] == PAYER
@@ -101,7 +101,7 @@ def test_hold_notify_and_give_up(node):
     assert plugin.answered(hook) is None
     plugin.notify("block_added", {"block_added": {"hash": "00" * 32, "height": 1030}})
     assert plugin.response(hook)["result"] == {"result": "fail", "failure_message": "2019"}  # gave up: #836 temporary_trampoline_failure
-    assert json.loads(rpc.datastore[("asyncln", "held", PAYMENT_HASH)])["state"] == "failed"
+    assert stored_held(rpc.datastore, PAYMENT_HASH)["state"] == "failed"
 
 
 def test_capability_query_is_answered(node):
@@ -127,7 +127,7 @@ def test_restart_replay_resumes_from_the_datastore(tmp_path):
     first.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
     params = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER)
     assert first.answered(first.send("htlc_accepted", params)) is None
-    wait_for(lambda: ("asyncln", "held", PAYMENT_HASH) in rpc.datastore)
+    wait_for(lambda: stored_held(rpc.datastore, PAYMENT_HASH))
     first.close()  # kill -9: no goodbye
 
     second = PluginProcess(directory=str(tmp_path))
@@ -218,7 +218,7 @@ def test_replay_with_a_changed_scid_is_recognised(tmp_path):
     params = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER,
                          channel="1x0x0")  # an alias
     assert first.answered(first.send("htlc_accepted", params)) is None
-    wait_for(lambda: ("asyncln", "held", PAYMENT_HASH) in rpc.datastore)
+    wait_for(lambda: stored_held(rpc.datastore, PAYMENT_HASH))
     first.close()
 
     second = PluginProcess(directory=str(tmp_path))
@@ -576,14 +576,14 @@ def test_a_malformed_parameter_is_invalid_params_without_a_traceback_and_changes
                                                                                          named):
     plugin, rpc = started(node)
     scripted_b(rpc, amount_msat=50_000)
-    stored = {k for k in rpc.datastore if k[1] in ("pay", "held", "fetched", "rod")}
+    stored = {k for k in rpc.datastore if k[1] in ("pay", "heldpage", "fetched", "rod")}
     before = len(rpc.calls)
     error = plugin.request(method, bad)["error"]
     assert error["code"] == -32602, error
     assert set(error) == {"code", "message"}, error          # no pyln traceback field
     assert named in error["message"], error
     assert not [name for name, _ in rpc.calls[before:] if name in CHANGES]
-    assert {k for k in rpc.datastore if k[1] in ("pay", "held", "fetched", "rod")} == stored
+    assert {k for k in rpc.datastore if k[1] in ("pay", "heldpage", "fetched", "rod")} == stored
 
 
 def test_amounts_in_cln_forms_are_all_accepted(node):
@@ -634,7 +634,7 @@ def test_a_replay_with_an_attempt_in_flight_survives_a_peel_that_raises(tmp_path
     first.start(rpc, {"asyncln-safety-blocks": 6, "asyncln-max-hold-blocks": 30})
     params = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER)
     assert first.answered(first.send("htlc_accepted", params)) is None
-    wait_for(lambda: json.loads(rpc.datastore.get(("asyncln", "held", PAYMENT_HASH), "{}"))
+    wait_for(lambda: (stored_held(rpc.datastore, PAYMENT_HASH) or {})
              .get("state") == "forwarding")
     first.close()  # kill -9 with the attempt in flight
 
@@ -665,7 +665,7 @@ def test_two_htlcs_with_one_onion_each_get_their_own_answer(node):
     one = htlc_params(PAYMENT_HASH, payload(record()).hex(), 110_000, 1500, peer_id=PAYER)
     first = plugin.send("htlc_accepted", one)
     assert plugin.answered(first) is None
-    wait_for(lambda: ("asyncln", "held", PAYMENT_HASH) in rpc.datastore)
+    wait_for(lambda: stored_held(rpc.datastore, PAYMENT_HASH))
     release, writing = threading.Event(), threading.Event()
     store = rpc.handlers["datastore"]
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 from factories import (OTHER, PAYER, PAYMENT_HASH, RECIPIENT, incoming, node_id, payload, record,
-                       signmessage)
+                       signmessage, written_held)
 from test_node import RecordingRpc
 
 from asyncln import code as codes
@@ -75,8 +75,8 @@ def test_cancel_is_accepted_only_after_the_failed_record_is_written():
     accepted = next(i for i, (m, p) in enumerate(methods) if m == "sendcustommsg"
                     and isinstance(messages.decode(p["msg"]), messages.CancelAnswer))
     assert messages.decode(methods[accepted][1]["msg"]).accepted
-    written = next(i for i, (m, p) in enumerate(methods) if m == "datastore"
-                   and json.loads(p["string"]).get("state") == "failed")
+    written = next(i for i, call in enumerate(methods)
+                   if [h["state"] for h in written_held([call], PAYMENT_HASH)] == ["failed"])
     assert written < accepted
 
 

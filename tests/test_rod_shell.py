@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 from factories import (PAYER, PAYMENT_HASH, direct_route, incoming, node_id, payload, record,
-                       signmessage)
+                       signmessage, stored_held)
 from pyln.client import RpcError
 
 from asyncln import code as codes
@@ -77,6 +77,8 @@ class FakeLightningd:
                 if (kind is None or isinstance(msg, kind)) and (to is None or peer == to)]
 
     def stored(self, kind, key):
+        if kind == "held":
+            return stored_held(self.datastore, key)
         raw = self.datastore.get(("asyncln", kind, key))
         return None if raw is None else json.loads(raw)
 

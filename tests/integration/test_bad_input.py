@@ -49,7 +49,7 @@ def test_bad_onion_records_are_refused(node_factory, plugin_path):
     assert send_raw(a, s, too_soon, 102_000, 20) == failures.TRAMPOLINE_FEE_OR_EXPIRY_INSUFFICIENT
 
     assert call(s, "asyncln-listheld")["held"] == []
-    assert s.rpc.listdatastore(["asyncln", "held"])["datastore"] == []
+    assert s.rpc.listdatastore(["asyncln", "heldpage"])["datastore"] == []
     assert s.rpc.getinfo()["id"] == s.info["id"]
 
 

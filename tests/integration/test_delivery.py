@@ -1,10 +1,10 @@
 """Issue 11.7 on real lightningd: S delivers after a crash between sending and the HTLC's commit,
 and S's deliveries never force a close."""
 
-import json
 import os
 import time
 
+from asyncln.store import PAGED, decode_page, encode_page, page_of
 from asyncln.wire import decode_bigsize, decode_tlv_stream
 from helpers import (
     assert_proof_of_payment,
@@ -118,10 +118,10 @@ def test_the_payers_final_tlvs_reach_the_recipients_hook(node_factory, plugin_pa
         opts(plugin_path), opts(plugin_path, may_fail=True),
         opts(plugin_path, plugin=[plugin_path, recorder])], wait_for_announce=True)
     inv = held_for_payer(a, s, b)
-    key = ["asyncln", "held", inv["payment_hash"]]
-    saved = json.loads(s.rpc.listdatastore(key=key)["datastore"][0]["string"])
-    saved["record"]["final_tlvs"] = [[66105, "c0ffee"], [66107, ""]]
-    s.rpc.datastore(key=key, string=json.dumps(saved), mode="must-replace")
+    key = ["asyncln", PAGED["held"], page_of(inv["payment_hash"])]  # its page (asyncln/store.py)
+    page = decode_page(s.rpc.listdatastore(key=key)["datastore"][0]["string"])
+    page[inv["payment_hash"]]["record"]["final_tlvs"] = [[66105, "c0ffee"], [66107, ""]]
+    s.rpc.datastore(key=key, string=encode_page(page), mode="must-replace")
     s.restart()  # the record is read back from the datastore
     s.rpc.connect(a.info["id"], "localhost", a.port)
     b.start()
