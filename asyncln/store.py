@@ -14,6 +14,7 @@ import binascii
 import json
 import threading
 import zlib
+from collections import Counter
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -26,7 +27,9 @@ LISTED = {"datastore": [{"key": True, "string": True}]}
 
 # Kinds kept in pages: kind -> the kind its pages are stored under. A page is
 # ``["asyncln", <page kind>, <its keys' first PAGE_DIGITS hex digits>]``:
-# 4,096 pages, about 25 held records each at 100,000.
+# 4,096 pages, about 25 held records each at 100,000. A datastore that already
+# has pages keeps their size (Store.digits): a record's older copy left in a
+# page of another size would come back at a restart.
 PAGED = {"held": "heldpage"}
 PAGE_DIGITS = 3
 DEL_DOES_NOT_EXIST = 1200  # lightningd's deldatastore error for a key it does not hold
@@ -88,8 +91,8 @@ def decode_page(text: str) -> Dict[str, dict]:
     return records
 
 
-def page_of(key: str) -> str:
-    return key[:PAGE_DIGITS]
+def page_of(key: str, digits: Optional[int] = None) -> str:
+    return key[:PAGE_DIGITS if digits is None else digits]
 
 
 class Store:
@@ -112,6 +115,8 @@ class Store:
         # Pages whose last write failed: lightningd may hold what memory lacks, so
         # a deletion writes them even when memory says the record is not there.
         self._unsure: set = set()
+        # kind -> its pages' size in hex digits: PAGE_DIGITS, or what load() found on disk
+        self.digits: Dict[str, int] = {kind: PAGE_DIGITS for kind in PAGED}
 
     def put(self, kind: str, key: str, value: dict) -> None:
         if kind not in PAGED:
@@ -154,8 +159,16 @@ class Store:
             return
         self._legacy[kind] = loaded
         paged = set()
-        for page, entry in list(self._listed(PAGED[kind])):
+        pages = list(self._listed(PAGED[kind]))
+        if pages:  # the size the pages were written with, whatever PAGE_DIGITS says now
+            sizes = Counter(len(page) for page, _ in pages)
+            self.digits[kind] = max(sizes, key=lambda size: (sizes[size], size))
+        for page, entry in pages:
             self._pages[(kind, page)] = entry["string"]
+            if len(page) != self.digits[kind]:  # its records may be older copies
+                self.unreadable[(kind, page)] = (f"a page of {len(page)} digits among pages of "
+                                                 f"{self.digits[kind]}")
+                continue
             try:
                 records = decode_page(entry["string"])
             except ValueError as e:
@@ -179,7 +192,7 @@ class Store:
     @contextmanager
     def _locked(self, kind: str, key: str):
         """The page that holds ``key``, under its lock: its read, change and write are one step."""
-        page = (kind, page_of(key))
+        page = (kind, page_of(key, self.digits[kind]))
         with self._guard:
             lock = self._locks.setdefault(page, threading.Lock())
         with lock:

@@ -251,3 +251,22 @@ def test_a_restart_never_reads_a_record_older_than_the_last_it_knew_was_saved(ol
     store, found = loaded(ds)
     for k in KEYS:
         assert found.get(k) in possible[k], (k, found.get(k), possible[k])
+
+
+@pytest.mark.parametrize("digits", [PAGE_DIGITS - 1, PAGE_DIGITS + 1])
+def test_a_new_page_size_never_brings_back_an_older_copy(monkeypatch, digits):
+    """README invites a larger PAGE_DIGITS: a node upgraded to it must not keep a record's
+    older copy in a page of the old size, to win at a restart or to outlive its Forget."""
+    import asyncln.store as store_module
+    ds = Datastore()
+    store, _ = loaded(ds)
+    store.put("held", KEYS[0], {"v": "old"})
+    store.put("held", KEYS[3], {"v": "kept"})
+    monkeypatch.setattr(store_module, "PAGE_DIGITS", digits)
+    store, found = loaded(ds)
+    assert found == {KEYS[0]: {"v": "old"}, KEYS[3]: {"v": "kept"}}
+    store.put("held", KEYS[0], {"v": "new"})
+    store, found = loaded(ds)
+    assert found == {KEYS[0]: {"v": "new"}, KEYS[3]: {"v": "kept"}}
+    store.delete("held", KEYS[0])
+    assert loaded(ds)[1] == {KEYS[3]: {"v": "kept"}}
