@@ -153,7 +153,8 @@ class Store:
     def records(self, kind: str) -> Iterator[Tuple[str, dict]]:
         """(key, value) of every record of ``kind``, a page at a time: a restart turns
         each page into records while it is fresh in memory, not 100,000 dicts first."""
-        loaded = {key: json.loads(entry["string"]) for key, entry in self._listed(kind)}
+        loaded = {key: json.loads(entry["string"]) for key, entry in self._listed(kind)
+                  if "string" in entry}
         if kind not in PAGED:
             yield from loaded.items()
             return
@@ -164,6 +165,9 @@ class Store:
             sizes = Counter(len(page) for page, _ in pages)
             self.digits[kind] = max(sizes, key=lambda size: (sizes[size], size))
         for page, entry in pages:
+            if "string" not in entry:  # not UTF-8: unreadable, but a page all the same
+                self.unreadable[(kind, page)] = "not a page of records: its value is not text"
+                continue
             self._pages[(kind, page)] = entry["string"]
             if len(page) != self.digits[kind]:  # its records may be older copies
                 self.unreadable[(kind, page)] = (f"a page of {len(page)} digits among pages of "
@@ -183,10 +187,11 @@ class Store:
     # --- below: the datastore calls --------------------------------------------
 
     def _listed(self, kind: str):
-        """(last key part, entry) of every entry of ``kind`` holding a string."""
+        """(last key part, entry) of every entry of ``kind``; one whose value is not
+        UTF-8 has no string."""
         for entry in list_all(self.rpc, [self.namespace, kind]):
             key = entry["key"]
-            if len(key) == 3 and key[1] == kind and "string" in entry:
+            if len(key) == 3 and key[1] == kind:
                 yield key[2], entry
 
     @contextmanager

@@ -48,8 +48,9 @@ class Datastore:
                 if self.entries.pop(key, None) is None:
                     raise RpcError(method, params, {"code": 1200, "message": "Key does not exist"})
             case "listdatastore":
-                return {"datastore": [{"key": list(k), "string": v} for k, v in sorted(self.entries.items())
-                                      if k[:len(key)] == key]}
+                # bytes: a value that is not UTF-8, which lightningd lists without a string
+                return {"datastore": [{"key": list(k), **({} if isinstance(v, bytes) else {"string": v})}
+                                      for k, v in sorted(self.entries.items()) if k[:len(key)] == key]}
         if how == "after":
             raise OSError(f"{method}'s answer was lost")
         return {}
@@ -270,3 +271,15 @@ def test_a_new_page_size_never_brings_back_an_older_copy(monkeypatch, digits):
     assert found == {KEYS[0]: {"v": "new"}, KEYS[3]: {"v": "kept"}}
     store.delete("held", KEYS[0])
     assert loaded(ds)[1] == {KEYS[3]: {"v": "kept"}}
+
+
+def test_a_page_that_is_not_text_is_never_written_over():
+    """lightningd lists a value that is not UTF-8 without its string: such a page was skipped
+    as if absent, and the next save in it replaced it and every record it held."""
+    ds = Datastore()
+    ds.entries[("asyncln", "heldpage", page_of(KEYS[0]))] = b"\xff\xfe"
+    store, found = loaded(ds)
+    assert found == {} and ("held", page_of(KEYS[0])) in store.unreadable
+    with pytest.raises(ValueError, match="unreadable"):
+        store.put("held", KEYS[1], {})
+    assert ds.entries[("asyncln", "heldpage", page_of(KEYS[0]))] == b"\xff\xfe"
