@@ -486,15 +486,19 @@ class HolderShell:
         # Version 2: peel our layer (one ECDH, no I/O) before taking the lock.
         peeled = peel.read(payload, payment_hash, self.onion_secret, self.node_id,
                            self.relay.policy, incoming, max(self.relay.height, tip or 0))
+        # Its page unreadable: its record could never be saved, so it could never be sent.
+        unsaveable = None if self.store.writable("held", payment_hash) else hold.Reject(
+            failures.temporary_node_failure(), "its datastore page is unreadable: it cannot be saved")
         with self.lock:
             if isinstance(peeled, hold.Reject):
                 verdict, actions = peeled, []
             elif peeled is not None:
                 record, offset, refusal = peeled
                 verdict, actions = self.relay.admit(payment_hash, incoming, record, offset,
-                                                    forward_msat, outgoing_cltv, tip, refusal)
+                                                    forward_msat, outgoing_cltv, tip,
+                                                    refusal or unsaveable)
             else:
-                refusal = None if self.relay.policy.accept_clear else hold.Reject(
+                refusal = unsaveable if self.relay.policy.accept_clear else hold.Reject(
                     failures.invalid_onion_payload(RECORD_TYPE, 0),
                     "clear records (version 1) are refused: asyncln-accept-clear=false")
                 verdict, actions = self.relay.htlc_accepted(

@@ -73,7 +73,7 @@ class Port:
         for (of, page), why in self.store.unreadable.items():
             if of == kind:  # kept as it is: nothing is written over it
                 self.log(f"skipping unreadable page {page} of {kind} records: {why}; its records "
-                         "are not restored and new ones in it cannot be saved", level="broken")
+                         "are not restored and new HTLCs in it are refused", level="broken")
         return loaded
 
     def refresh_channels(self) -> None:

@@ -147,6 +147,10 @@ class Store:
             saved = self._page_records(page).get(key)
             return saved if saved is not None else self._legacy[kind].get(key)
 
+    def writable(self, kind: str, key: str) -> bool:
+        """False when ``key``'s page is unreadable: a record there can never be saved."""
+        return kind not in PAGED or (kind, page_of(key, self.digits[kind])) not in self.unreadable
+
     def load(self, kind: str) -> Dict[str, dict]:
         return dict(self.records(kind))
 

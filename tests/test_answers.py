@@ -339,3 +339,16 @@ def test_an_error_checking_a_deposited_invoices_commitment_refuses_rather_than_a
     request = Request()
     node.htlc_accepted(plain, hook()[1], PAYER, request)
     assert request.result["result"] == "fail"
+
+
+def test_a_new_htlc_whose_page_is_unreadable_is_refused_not_held():
+    """Its record could never be saved, so never sent (a failed Persist of FORWARDING
+    sends nothing): holding it only locked the payer's HTLC until the give-up height."""
+    from asyncln.store import PAGED, page_of
+    page = {"key": ["asyncln", PAGED["held"], page_of(PAYMENT_HASH)], "string": "not a page"}
+    node, rpc, _ = shell(datastore=[page])
+    request = arrive(node)
+    drain(node)
+    assert [r["result"] for r in request.results] == ["fail"]
+    assert PAYMENT_HASH not in node.relay.held and node.pending == {}
+    assert "getroutes" not in [m for m, _ in rpc.calls]
