@@ -169,8 +169,9 @@ class Store:
             sizes = Counter(len(page) for page, _ in pages)
             self.digits[kind] = max(sizes, key=lambda size: (sizes[size], size))
         for page, entry in pages:
-            if "string" not in entry:  # not UTF-8: unreadable, but a page all the same
-                self.unreadable[(kind, page)] = "not a page of records: its value is not text"
+            if "string" not in entry:  # not UTF-8, or keys under it: a page, unreadable
+                self.unreadable[(kind, page)] = ("not a page of records: no text value "
+                                                 "(not UTF-8, or keys under it)")
                 continue
             self._pages[(kind, page)] = entry["string"]
             if len(page) != self.digits[kind]:  # its records may be older copies
@@ -192,7 +193,7 @@ class Store:
 
     def _listed(self, kind: str):
         """(last key part, entry) of every entry of ``kind``; one whose value is not
-        UTF-8 has no string."""
+        UTF-8, or that only stands for the keys under it, has no string."""
         for entry in list_all(self.rpc, [self.namespace, kind]):
             key = entry["key"]
             if len(key) == 3 and key[1] == kind:
