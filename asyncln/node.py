@@ -24,7 +24,7 @@ from .port import Port, int_param
 from .recipient import RecipientConfig
 from .rod_shell import RodShell
 from .states import PAY_OPEN, HoldState, PayState
-from .store import Store
+from .store import Store, page_secret
 from .wire import DecodeError
 
 
@@ -40,7 +40,7 @@ class Node(HolderShell, PayerShell, Port):
         self.rpc = rpc
         self.log = log
         self.lock = threading.RLock()
-        self.store = Store(rpc)
+        self.store = Store(rpc, secret=page_secret(rpc))
         self.node_id = rpc.getinfo()["id"]
         height, in_sync = self.chain_state()
         self.refused_options = refused_options

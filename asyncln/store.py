@@ -11,6 +11,7 @@ one entry a record a restart spent 2.6 s of its 5 s in that alone.
 
 import base64
 import binascii
+import hashlib
 import json
 import threading
 import zlib
@@ -26,12 +27,13 @@ from pyln.client.lightning import UnixSocket
 LISTED = {"datastore": [{"key": True, "string": True}]}
 
 # Kinds kept in pages: kind -> the kind its pages are stored under. A page is
-# ``["asyncln", <page kind>, <its keys' first PAGE_DIGITS hex digits>]``:
+# ``["asyncln", <page kind>, <PAGE_DIGITS hex digits: page_of(key)>]``:
 # 4,096 pages, about 25 held records each at 100,000. A datastore that already
 # has pages keeps their size (Store.digits): a record's older copy left in a
 # page of another size would come back at a restart.
 PAGED = {"held": "heldpage"}
 PAGE_DIGITS = 3
+PAGE_SECRET_LABEL = "asyncln datastore pages"
 DEL_DOES_NOT_EXIST = 1200  # lightningd's deldatastore error for a key it does not hold
 
 
@@ -91,16 +93,30 @@ def decode_page(text: str) -> Dict[str, dict]:
     return records
 
 
-def page_of(key: str, digits: Optional[int] = None) -> str:
-    return key[:PAGE_DIGITS if digits is None else digits]
+def page_of(key: str, digits: int = PAGE_DIGITS, secret: bytes = b"") -> str:
+    """``key``'s page: the first ``digits`` hex digits of sha256(secret, key).
+
+    Keyed with a secret of the node's, because payment hashes are chosen by
+    payers and recipients: about 4,096 tries put a hash in any page they
+    like, and each save rewrites its whole page, so a crowded page makes
+    every save in it slow (0.3 s at 10,000).
+    """
+    return hashlib.sha256(secret + key.encode()).hexdigest()[:digits]
+
+
+def page_secret(rpc) -> bytes:
+    """The node's secret that names its pages (``makesecret``: the same at every start)."""
+    secret = rpc.call("makesecret", {"string": PAGE_SECRET_LABEL}).get("secret")
+    return bytes.fromhex(secret) if secret else b""
 
 
 class Store:
     """The datastore, by kind. Thread-safe: a page is read, changed and written under its lock."""
 
-    def __init__(self, rpc, namespace: str = "asyncln"):
+    def __init__(self, rpc, namespace: str = "asyncln", secret: bytes = b""):
         self.rpc = rpc
         self.namespace = namespace
+        self.secret = secret  # names the pages (page_of)
         # (kind, page) -> the page's string as lightningd last stored it; what
         # get() answers, so "saved" means on disk.
         self._pages: Dict[Tuple[str, str], str] = {}
@@ -149,7 +165,11 @@ class Store:
 
     def writable(self, kind: str, key: str) -> bool:
         """False when ``key``'s page is unreadable: a record there can never be saved."""
-        return kind not in PAGED or (kind, page_of(key, self.digits[kind])) not in self.unreadable
+        return kind not in PAGED or (kind, self.page(kind, key)) not in self.unreadable
+
+    def page(self, kind: str, key: str) -> str:
+        """The page that holds ``key`` of a paged ``kind``."""
+        return page_of(key, self.digits[kind], self.secret)
 
     def load(self, kind: str) -> Dict[str, dict]:
         return dict(self.records(kind))
@@ -202,7 +222,7 @@ class Store:
     @contextmanager
     def _locked(self, kind: str, key: str):
         """The page that holds ``key``, under its lock: its read, change and write are one step."""
-        page = (kind, page_of(key, self.digits[kind]))
+        page = (kind, self.page(kind, key))
         with self._guard:
             lock = self._locks.setdefault(page, threading.Lock())
         with lock:

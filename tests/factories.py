@@ -8,7 +8,7 @@ from pyln.client.plugin import RequestState
 from asyncln import signature
 from asyncln.hold import Incoming
 from asyncln.record import FinalPayload, TrampolineRecord
-from asyncln.store import PAGED, decode_page, page_of
+from asyncln.store import PAGED, decode_page
 
 
 def node_id(n: int) -> str:
@@ -82,9 +82,9 @@ def channel(channel_id=CHANNEL_ID, scid="103x1x0", alias="1x0x0"):
 
 def stored_held(strings, payment_hash: str):
     """The held record of ``payment_hash`` in a stand-in's datastore ({key tuple: string}),
-    where asyncln.store keeps it: in its page."""
-    page = strings.get(("asyncln", PAGED["held"], page_of(payment_hash)))
-    return None if page is None else decode_page(page).get(payment_hash)
+    where asyncln.store keeps it: in one of its pages (named with the node's secret)."""
+    pages = (decode_page(text) for key, text in list(strings.items()) if key[:2] == ("asyncln", PAGED["held"]))
+    return next((page[payment_hash] for page in pages if payment_hash in page), None)
 
 
 def written_held(calls, payment_hash: str):

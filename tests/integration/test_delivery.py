@@ -4,7 +4,7 @@ and S's deliveries never force a close."""
 import os
 import time
 
-from asyncln.store import PAGED, decode_page, encode_page, page_of
+from asyncln.store import PAGED, decode_page, encode_page
 from asyncln.wire import decode_bigsize, decode_tlv_stream
 from helpers import (
     assert_proof_of_payment,
@@ -118,8 +118,10 @@ def test_the_payers_final_tlvs_reach_the_recipients_hook(node_factory, plugin_pa
         opts(plugin_path), opts(plugin_path, may_fail=True),
         opts(plugin_path, plugin=[plugin_path, recorder])], wait_for_announce=True)
     inv = held_for_payer(a, s, b)
-    key = ["asyncln", PAGED["held"], page_of(inv["payment_hash"])]  # its page (asyncln/store.py)
-    page = decode_page(s.rpc.listdatastore(key=key)["datastore"][0]["string"])
+    # The page that holds it (asyncln/store.py names pages with a secret of S's).
+    key, page = next((e["key"], decode_page(e["string"]))
+                     for e in s.rpc.listdatastore(["asyncln", PAGED["held"]])["datastore"]
+                     if inv["payment_hash"] in decode_page(e["string"]))
     page[inv["payment_hash"]]["record"]["final_tlvs"] = [[66105, "c0ffee"], [66107, ""]]
     s.rpc.datastore(key=key, string=encode_page(page), mode="must-replace")
     s.restart()  # the record is read back from the datastore

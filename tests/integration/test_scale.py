@@ -3,7 +3,8 @@
 S's datastore gets 100,000 held records in the holder store's own layout and
 JSON (asyncln/store.py, HeldPayment.to_json), each with its own random
 payment hash, payment secret and onion shared secret, as real ones have:
-* 99,000 in pages (``["asyncln", "heldpage", <3 hex digits>]``), written
+* 99,000 in pages (``["asyncln", "heldpage", <3 hex digits>]``, named as S's
+  store names them, with S's secret), written
   straight into lightningd's sqlite3 database while S is stopped;
 * 1,000 under their own keys, as versions before pages wrote them, through
   the ``datastore`` RPC: an upgraded node reads both.
@@ -35,7 +36,7 @@ from helpers import opts
 
 from asyncln.hold import HeldPayment, Incoming
 from asyncln.states import HoldState
-from asyncln.store import PAGED, decode_page, encode_page, list_all, page_of
+from asyncln.store import PAGED, decode_page, encode_page, list_all, page_of, page_secret
 
 RECORDS = 100_000
 BY_RPC = 1_000          # under their own keys, through the datastore RPC: the older layout
@@ -80,8 +81,9 @@ def test_recovery_at_scale(node_factory, plugin_path):
     by_rpc = time.monotonic() - start
 
     pages = defaultdict(dict)
+    secret = page_secret(s.rpc)  # S's pages are named with it
     for payment_hash, data in records[BY_RPC:]:
-        pages[page_of(payment_hash)][payment_hash] = data
+        pages[page_of(payment_hash, secret=secret)][payment_hash] = data
     s.stop()
     start = time.monotonic()
     with sqlite3.connect(s.db.path) as db:  # datastore's key: its parts joined by NUL bytes
