@@ -24,7 +24,7 @@ from .port import Port, int_param
 from .recipient import RecipientConfig
 from .rod_shell import RodShell
 from .states import PAY_OPEN, HoldState, PayState
-from .store import Store, page_secret
+from .store import ONION_SAVED, Store, page_secret
 from .wire import DecodeError
 
 
@@ -60,6 +60,9 @@ class Node(HolderShell, PayerShell, Port):
                                     accept_new=refused_options is None)
             # Records that just learnt their channel id: startup's reconcile writes them.
             self.relay.unsaved.update(h.payment_hash for h, old in zip(held, loaded) if h is not old)
+        # hash -> the version-2 onion last written under its own key (HolderShell.paged)
+        self.onions: Dict[str, str] = {h.payment_hash: ONION_SAVED for h in held
+                                       if h.record.next_onion == ONION_SAVED}
         # hash -> the state last logged at info: one line per state change, not per save
         self.logged_states = {h.payment_hash: h.state for h in held}
         self.pays: Dict[str, payer.Pay] = self._load("pay", payer.Pay.from_json)

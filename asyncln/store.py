@@ -34,6 +34,11 @@ LISTED = {"datastore": [{"key": True, "string": True}]}
 PAGED = {"held": "heldpage"}
 PAGE_DIGITS = 3
 PAGE_SECRET_LABEL = "asyncln datastore pages"
+# A version-2 record's ``next_onion`` as its page keeps it: the onion itself
+# (1,366 bytes, eight times the rest of the record) is kept under
+# ``["asyncln", "onion", <hash>]`` and read when an attempt is sent, so that a
+# restart does not list it (holder_shell.HolderShell.paged).
+ONION_SAVED = "saved"
 DEL_DOES_NOT_EXIST = 1200  # lightningd's deldatastore error for a key it does not hold
 
 

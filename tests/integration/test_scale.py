@@ -8,6 +8,9 @@ payment hash, payment secret and onion shared secret, as real ones have:
   straight into lightningd's sqlite3 database while S is stopped;
 * 1,000 under their own keys, as versions before pages wrote them, through
   the ``datastore`` RPC: an upgraded node reads both.
+Half are version 2 (the default when the holder announces an onion key):
+their 1,366-byte onions sit under ``["asyncln", "onion", <hash>]``, which a
+restart does not list.
 Then S starts, and the test reads the plugin's "recovered N held records in
 T s" line: the time from Node's start to a rebuilt relay, listdatastore and
 parsing included.
@@ -36,7 +39,7 @@ from helpers import opts
 
 from asyncln.hold import HeldPayment, Incoming
 from asyncln.states import HoldState
-from asyncln.store import PAGED, decode_page, encode_page, list_all, page_of, page_secret
+from asyncln.store import ONION_SAVED, PAGED, decode_page, encode_page, list_all, page_of, page_secret
 
 RECORDS = 100_000
 BY_RPC = 1_000          # under their own keys, through the datastore RPC: the older layout
@@ -48,14 +51,16 @@ RECIPIENTS = [node_id(10 + n) for n in range(100)]
 
 
 def seeded(i, height, rng):
-    """A held record like Store.put writes: far from its give-up height, no payer to notify."""
+    """A held record like Store.put writes: far from its give-up height, no payer to notify.
+    Every other one is version 2, its onion kept under its own key (HolderShell.paged)."""
     payment_hash = rng.randbytes(32).hex()
     incoming = Incoming(channel="1x1x1", htlc_id=i, amount_msat=110_000,
                         cltv_expiry=height + 3000, peer=node_id(1),
                         shared_secret=rng.randbytes(32).hex(), channel_id="ab" * 32)
     held = HeldPayment(payment_hash, incoming,
                        replace(record(node=RECIPIENTS[i % len(RECIPIENTS)], report_to=None),
-                               payment_secret=rng.randbytes(32).hex()),
+                               payment_secret=rng.randbytes(32).hex(),
+                               next_onion=ONION_SAVED if i % 2 else None),
                        hold_start=height, give_up_height=height + 2000,
                        next_poll_height=height + 2000, attempts=1,
                        state=HoldState.HELD, attached=False)
@@ -90,6 +95,10 @@ def test_recovery_at_scale(node_factory, plugin_path):
         db.executemany("INSERT INTO datastore VALUES (?, ?, 0)",
                        ((f"asyncln\0{PAGED['held']}\0{page}".encode(), encode_page(data).encode())
                         for page, data in pages.items()))
+        db.executemany("INSERT INTO datastore VALUES (?, ?, 0)",  # the onions, not listed
+                       ((f"asyncln\0onion\0{h}".encode(),
+                         json.dumps({"onion": rng.randbytes(1366).hex()}).encode())
+                        for h, data in records if data["record"].get("next_onion")))
     by_sql = time.monotonic() - start
 
     start = time.monotonic()
