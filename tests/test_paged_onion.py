@@ -7,15 +7,19 @@ says ONION_SAVED, read back when an attempt is sent, and deleted with the
 record.
 """
 
+import json
 from dataclasses import replace
 
 import pytest
-from factories import PAYMENT_HASH, stored_held
+import test_review_issue7 as issue7
+from factories import PAYER, PAYMENT_HASH, RECIPIENT, Request, stored_held
 from test_node import RecordingRpc
-from test_review_issue7 import ARRIVAL, POLICY, S, S_SECRET, forwarding_to_r
+from test_review_issue7 import ARRIVAL, HOLD, POLICY, R, R_SECRET, S, S_SECRET, forwarding_to_r
 
-from asyncln import hold
+from asyncln import hold, onion
+from asyncln.layer import Layer
 from asyncln.node import Node
+from asyncln.states import HoldState
 from asyncln.store import ONION_SAVED
 
 ONION_KEY = ("asyncln", "onion", PAYMENT_HASH)
@@ -114,3 +118,54 @@ def test_a_failed_onion_write_writes_no_page():
         shell.execute(hold.Persist(shell.relay.held[PAYMENT_HASH]))
     assert rpc.entries == {}
 
+
+
+def test_a_send_whose_onion_is_missing_sends_nothing_and_holds_again():
+    shell, send = forwarding_to_r()
+    rpc = saved(shell)
+    del rpc.entries[ONION_KEY]
+    again, rpc = restarted(rpc.entries, ARRIVAL + 3)
+    rpc.answers.update(getchaininfo={"headercount": ARRIVAL + 3, "blockcount": ARRIVAL + 3},
+                       listpeerchannels={"channels": []})
+    with again.lock:
+        again.relay.unsent.add((PAYMENT_HASH, send.partid))
+    again.run([replace(send, onion=ONION_SAVED)])
+    assert not {"createonion", "sendonion"} & {m for m, _ in rpc.calls}
+    assert again.relay.held[PAYMENT_HASH].state == HoldState.HELD  # fails back at give-up
+
+
+def another_onion_hook(height):
+    """A second HTLC from A for the same payment hash, with another asyncln onion."""
+    to_s, to_r = issue7.legs()
+    layers = [(onion.public_key(S_SECRET),
+               Layer(amt_to_forward=to_s.amt_to_forward, outgoing_cltv_delta=to_s.outgoing_cltv_delta,
+                     outgoing_node_id=R, max_hold_blocks=HOLD, report_to=PAYER)),
+              (onion.public_key(R_SECRET),
+               Layer(amt_to_forward=to_r.amt_to_forward, outgoing_cltv_delta=to_r.outgoing_cltv_delta,
+                     outgoing_node_id=RECIPIENT, max_hold_blocks=HOLD,
+                     payment_secret="22" * 32, total_msat=to_r.amt_to_forward))]
+    raw, _ = onion.build(layers, PAYMENT_HASH, b"\x09" * 32)
+    hook_onion, htlc = issue7.hook(height)
+    hook_onion["payload"] = onion.final_payload(to_s.amount_in_msat, htlc["cltv_expiry"], raw).hex()
+    htlc["id"] = 7
+    return hook_onion, htlc
+
+
+def test_a_failed_hold_replaced_after_a_restart_saves_and_sends_the_new_onion():
+    shell, send = forwarding_to_r()
+    rpc = saved(shell)
+    again, rpc = restarted(rpc.entries, ARRIVAL + 3)
+    with again.lock:  # its answer delivered: another HTLC may take the hash
+        restored = again.relay.held.pop(PAYMENT_HASH)
+        again.relay._count(restored, -1)
+        again.relay._put(replace(restored, state=HoldState.FAILED, attached=False))
+    request = Request()
+    again.htlc_accepted(*another_onion_hook(ARRIVAL + 3), PAYER, request)
+    assert request.result is None  # held
+    new = again.relay.held[PAYMENT_HASH].record.next_onion
+    assert new not in (None, ONION_SAVED, send.onion)
+    while again._jobs:
+        again._jobs.popleft()()
+    assert json.loads(rpc.entries[ONION_KEY]) == {"onion": new}
+    third, _ = restarted(rpc.entries, ARRIVAL + 4)
+    assert third.next_onion(replace(send, onion=ONION_SAVED)) == bytes.fromhex(new)
